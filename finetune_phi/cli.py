@@ -1,0 +1,177 @@
+"""`finetune-phi`: the command line for people (the Makefile and README call it too).
+
+    finetune-phi demo                         # the full local pipeline, as a Prefect flow
+    finetune-phi demo --set training.num_train_epochs=2
+    finetune-phi config show --profile azure  # the resolved profile (after env overrides)
+    finetune-phi config schema                # JSON schema of a profile
+    finetune-phi build-tiny-model             # the tiny Phi-3 into the state folder
+    finetune-phi generate-data out.jsonl -n 1200
+    finetune-phi prepare-data                 # validate + split, no Prefect
+
+Every command exits 2 with a one-line reason on bad input, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from finetune_phi import __version__
+from finetune_phi.settings import ConfigError, Profile, available_profiles, load_profile
+
+
+def parse_assignments(assignments: Sequence[str]) -> dict[str, Any]:
+    """`a.b=value` pairs into a nested mapping; values parsed as YAML scalars ('2' -> 2)."""
+    tree: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.seed=1")
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return tree
+
+
+def _profile(args: argparse.Namespace) -> Profile:
+    return load_profile(args.profile, overrides=parse_assignments(args.set))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "schema":
+        from finetune_phi.settings import profile_json_schema
+
+        print(json.dumps(profile_json_schema(), indent=2))
+        return 0
+    profile = _profile(args)
+    if args.action == "validate":
+        print(f"profile {profile.name}: valid")
+        return 0
+    print(yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def cmd_build_tiny_model(args: argparse.Namespace) -> int:
+    from finetune_phi.chat_data.synthetic import generate_conversations
+    from finetune_phi.state import StateLayout
+    from finetune_phi.tiny_model import build_tiny_phi3
+    from tasks.base_model import TOKENIZER_CORPUS_CONVERSATIONS, TOKENIZER_CORPUS_SEED
+
+    output = args.output or StateLayout(_profile(args).state_dir).tiny_model_dir
+    corpus = generate_conversations(TOKENIZER_CORPUS_CONVERSATIONS, TOKENIZER_CORPUS_SEED)
+    build_tiny_phi3(Path(output), corpus)
+    print(f"tiny Phi-3 written to {output}")
+    return 0
+
+
+def cmd_generate_data(args: argparse.Namespace) -> int:
+    from finetune_phi.chat_data.synthetic import generate_conversations
+
+    records = generate_conversations(args.conversations, args.seed)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with args.output.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    print(f"{len(records)} conversations written to {args.output}")
+    return 0
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from finetune_phi.chat_data import prepare_dataset
+    from finetune_phi.state import StateLayout
+
+    profile = _profile(args)
+    output = args.output or StateLayout(profile.state_dir).dataset_dir("manual")
+    manifest = prepare_dataset(profile.data, output, progress=print)
+    print(manifest.to_json(), end="")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from finetune_phi.report import print_pipeline_summary
+    from flows.finetune import finetune_pipeline
+
+    overrides = parse_assignments(args.set)
+    # Validate before Prefect starts, so a typo costs no server start-up.
+    load_profile(args.profile, overrides=overrides)
+    result = finetune_pipeline(profile=args.profile or "local", overrides=overrides or None)
+    print_pipeline_summary(result)
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finetune-phi",
+        description="Fine-tune Phi-3 on chat data, register it, deploy it; locally or on Azure.",
+    )
+    parser.add_argument("--version", action="version", version=f"finetune-phi {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_profile(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument(
+            "--profile", default=None,
+            help="profile name or YAML path (default: $FINETUNE_PHI_PROFILE or 'local'; "
+            f"available: {', '.join(available_profiles())})",
+        )
+        sub.add_argument(
+            "--set", action="append", default=[], metavar="KEY=VALUE",
+            help="override one profile key, e.g. --set training.num_train_epochs=2 (repeatable)",
+        )
+        return sub
+
+    demo = with_profile(commands.add_parser(
+        "demo", help="run the full pipeline as a Prefect flow and print a summary"))
+    demo.set_defaults(func=cmd_demo)
+
+    config = with_profile(commands.add_parser("config", help="show, validate or describe profiles"))
+    config.add_argument("action", choices=["show", "validate", "schema"])
+    config.set_defaults(func=cmd_config)
+
+    tiny = with_profile(commands.add_parser(
+        "build-tiny-model", help="build the tiny Phi-3 (default: into the state folder)"))
+    tiny.add_argument("--output", type=Path, default=None, help="model folder to write")
+    tiny.set_defaults(func=cmd_build_tiny_model)
+
+    generate = commands.add_parser(
+        "generate-data", help="write the synthetic chat dataset (ultrachat_200k schema) as JSONL")
+    generate.add_argument("output", type=Path, help="JSONL file to write")
+    generate.add_argument("-n", "--conversations", type=int, default=1200)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.set_defaults(func=cmd_generate_data)
+
+    prepare = with_profile(commands.add_parser(
+        "prepare-data", help="validate and split the profile's data source (no Prefect)"))
+    prepare.add_argument("--output", type=Path, default=None, help="output folder")
+    prepare.set_defaults(func=cmd_prepare_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"finetune-phi: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        # Data validation failures (DataValidationError) are ValueErrors with a full report.
+        print(f"finetune-phi: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Profiles: the validated configuration a run is made of, loaded once.
+
+A profile is a YAML file (`configs/profiles/<name>.yaml`) validated into frozen, strict
+models; environment variables override single keys (`FINETUNE_PHI__TRAINING__LEARNING_RATE=1e-4`
+sets `training.learning_rate`). Unknown keys and wrong types are errors that name the key.
+Secrets never go here: Azure authenticates with `DefaultAzureCredential`, endpoint keys are
+fetched at run time.
+
+This module reads files and the environment, nothing else; it never creates the state folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from finetune_phi.chat_data.config import DataSettings
+from finetune_phi.config_base import StrictModel
+from trainer.config import Hyperparameters, RunOptions
+
+ENV_PREFIX = "FINETUNE_PHI__"
+PROFILE_ENV = "FINETUNE_PHI_PROFILE"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILES_DIR = REPO_ROOT / "configs" / "profiles"
+DEFAULT_PROFILE = "local"
+
+# `model.base` naming the tiny Phi-3 the project builds itself (into the state folder).
+TINY_MODEL = "tiny-phi3"
+
+
+class ConfigError(ValueError):
+    """A profile that cannot be used; the message names the file and every bad key."""
+
+
+class LocalBackendSettings(StrictModel):
+    kind: Literal["local"] = Field(description="Everything on this machine: processes, MLflow.")
+
+
+class AzureBackendSettings(StrictModel):
+    kind: Literal["azure"] = Field(description="Azure ML through azure-ai-ml SDK v2.")
+    # Left empty in the committed profile: they identify a user's workspace, so they come from
+    # the environment (FINETUNE_PHI__BACKEND__SUBSCRIPTION_ID=...). Preflight names any missing.
+    subscription_id: str | None = Field(default=None, description="Azure subscription id.")
+    resource_group: str | None = Field(default=None, description="Resource group of the workspace.")
+    workspace: str | None = Field(default=None, description="Azure ML workspace name.")
+    region: str = Field(default="eastus2", description="Region of the workspace and compute.")
+    training_compute: str = Field(default="phi3-a100", description="AmlCompute cluster name.")
+    training_sku: str = Field(
+        default="Standard_NC24ads_A100_v4", description="VM size of the training cluster."
+    )
+    training_min_nodes: int = Field(default=0, ge=0, description="0 scales to zero when idle.")
+    training_max_nodes: int = Field(default=1, ge=1, description="Upper bound of the cluster.")
+    idle_seconds_before_scale_down: int = Field(
+        default=1800, ge=0, description="Idle time before a node is released."
+    )
+    inference_sku: str = Field(default="Standard_E4s_v3", description="VM size of deployments.")
+    inference_instance_count: int = Field(default=1, ge=1, description="Instances per deployment.")
+    user_assigned_identity_id: str | None = Field(
+        default=None, description="Resource id of a user-assigned managed identity (optional)."
+    )
+    training_image: str = Field(
+        default="mcr.microsoft.com/azureml/curated/acft-hf-nlp-gpu:59",
+        description="Base image of the training environment (the tutorial's curated image).",
+    )
+
+
+BackendSettings = Annotated[
+    LocalBackendSettings | AzureBackendSettings, Field(discriminator="kind")
+]
+
+
+class ModelSettings(StrictModel):
+    base: str = Field(
+        default=TINY_MODEL,
+        description=f"Model to fine-tune: '{TINY_MODEL}' (built by the project, no download), a "
+        "Hugging Face hub id such as microsoft/Phi-3.5-mini-instruct, or a local folder.",
+    )
+    registered_name: str = Field(
+        default="phi3-chat", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$",
+        description="Name of the model in the registry.",
+    )
+
+
+class EndpointSettings(StrictModel):
+    name: str = Field(
+        default="phi3-chat",
+        pattern=r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$",
+        description="Online endpoint name (Azure's rule: 3-32 chars, letters, digits, dashes).",
+    )
+
+
+class Profile(StrictModel):
+    """One validated profile: everything a run of the pipeline needs to know."""
+
+    name: str = Field(description="Profile name, shown in logs and reports.")
+    state_dir: Path = Field(
+        default=Path("state"),
+        description="Folder for the MLflow db, models, datasets and endpoint state; relative "
+        "paths are resolved against the working directory. Safe to delete.",
+    )
+    backend: BackendSettings = Field(description="Where jobs, models and endpoints live.")
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    training: Hyperparameters = Field(
+        default_factory=Hyperparameters, description="Trainer hyperparameters (hashed)."
+    )
+    training_run: RunOptions = Field(
+        default_factory=RunOptions, description="Trainer run options (checkpoints, logging)."
+    )
+    endpoint: EndpointSettings = Field(default_factory=EndpointSettings)
+
+
+def profile_path(name_or_path: str) -> Path:
+    """A profile name (`local`) maps to configs/profiles/local.yaml; a path is taken as is."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in {".yaml", ".yml"}:
+        return candidate
+    return PROFILES_DIR / f"{name_or_path}.yaml"
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Nested overrides from FINETUNE_PHI__A__B=value variables (values parsed as YAML scalars).
+
+    YAML parsing gives `3` -> int and `true` -> bool, so strict validation still applies to
+    the typed value rather than to a string.
+    """
+    tree: dict[str, Any] = {}
+    for key, raw in sorted(environ.items()):
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in key[len(ENV_PREFIX):].split("__")]
+        if not all(path):
+            raise ConfigError(f"{key}: empty path segment in environment override")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: conflicts with another override of {part!r}")
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return tree
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def format_validation_error(source: str, error: ValidationError) -> str:
+    lines = [f"{source}: invalid profile ({error.error_count()} problem(s))"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        else:
+            message = item["msg"]
+        got = item.get("input")
+        shown = "" if item["type"] in {"missing", "extra_forbidden"} else f" (got {got!r})"
+        lines.append(f"  {key}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def validate_profile(data: Mapping[str, Any], *, source: str = "profile") -> Profile:
+    """Validate a raw mapping into a Profile (JSON mode: '3' is never the integer 3)."""
+    try:
+        text = json.dumps(data)
+    except TypeError as exc:  # e.g. a YAML date or a set: not a config value
+        raise ConfigError(f"{source}: value of an unsupported type: {exc}") from exc
+    try:
+        return Profile.model_validate_json(text)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+
+
+def load_profile(
+    name_or_path: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    cwd: Path | None = None,
+) -> Profile:
+    """Load a profile: file < FINETUNE_PHI__* environment < explicit overrides.
+
+    The profile is chosen by the argument, else $FINETUNE_PHI_PROFILE, else 'local'. A relative
+    state_dir becomes absolute against `cwd` so every later stage sees one folder.
+    """
+    environ = os.environ if environ is None else environ
+    chosen = name_or_path or environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    path = profile_path(chosen)
+    if not path.is_file():
+        raise ConfigError(
+            f"profile {chosen!r} not found at {path}; available: {', '.join(available_profiles())}"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a profile is a mapping of keys, got {type(raw).__name__}")
+    merged = deep_merge(raw, env_overrides(environ))
+    if overrides:
+        merged = deep_merge(merged, overrides)
+    profile = validate_profile(merged, source=str(path))
+    if not profile.state_dir.is_absolute():
+        base = cwd or Path.cwd()
+        profile = profile.model_copy(update={"state_dir": (base / profile.state_dir).resolve()})
+    return profile
+
+
+def profile_json_schema() -> dict[str, Any]:
+    """The JSON schema of a profile, for `finetune-phi config schema` and editors."""
+    return Profile.model_json_schema()

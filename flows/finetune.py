@@ -1,0 +1,48 @@
+"""The fine-tuning pipeline as a Prefect flow: wiring only, no logic.
+
+    prepare dataset -> ensure base model -> train -> register
+
+Later stages (quality gate, blue-green rollout, Prompt flow smoke test, report) plug in after
+registration. Run it with `finetune-phi demo`, or through a Prefect deployment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import flow
+
+from finetune_phi.settings import load_profile
+from finetune_phi.tracking import ModelVersionRef
+from tasks.base_model import ensure_base_model
+from tasks.dataset import PreparedDataset, prepare_dataset_task
+from tasks.registry import register_model
+from tasks.training import TrainingResult, train_model
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    profile: str
+    dataset: PreparedDataset
+    training: TrainingResult
+    model: ModelVersionRef
+
+
+@flow(name="finetune-phi", log_prints=True)
+def finetune_pipeline(
+    profile: str = "local", overrides: dict[str, Any] | None = None
+) -> PipelineResult:
+    """Fine-tune and register a Phi-3 model as the profile describes.
+
+    Args:
+        profile: profile name (configs/profiles/<name>.yaml) or path to a profile file.
+        overrides: nested keys that replace the profile's, e.g.
+            {"training": {"num_train_epochs": 1.0}}; validated like the profile.
+    """
+    settings = load_profile(profile, overrides=overrides)
+    base_model = ensure_base_model(settings)
+    dataset = prepare_dataset_task(settings, base_model)
+    training = train_model(settings, base_model, dataset)
+    model = register_model(settings, dataset, training)
+    return PipelineResult(settings.name, dataset, training, model)

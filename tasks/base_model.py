@@ -1,0 +1,39 @@
+"""Stage: make sure the base model is available (build the tiny Phi-3 when that is the base)."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from finetune_phi.chat_data.synthetic import generate_conversations
+from finetune_phi.settings import TINY_MODEL, Profile
+from finetune_phi.state import StateLayout
+from finetune_phi.tiny_model import build_tiny_phi3, is_built
+
+# The tiny model's tokenizer is trained on the project's own default chat data.
+TOKENIZER_CORPUS_CONVERSATIONS = 1200
+TOKENIZER_CORPUS_SEED = 0
+
+
+def resolve_base_model(profile: Profile) -> str:
+    """What `from_pretrained` should load: the tiny model's folder, a hub id or a local path."""
+    if profile.model.base == TINY_MODEL:
+        return str(StateLayout(profile.state_dir).tiny_model_dir)
+    return profile.model.base
+
+
+@task(name="ensure-base-model", retries=0)
+def ensure_base_model(profile: Profile) -> str:
+    """Build the tiny Phi-3 on first use (deterministic, seconds); hub ids pass through."""
+    logger = get_run_logger()
+    location = resolve_base_model(profile)
+    if profile.model.base != TINY_MODEL:
+        logger.info("base model %s (loaded by the trainer)", location)
+        return location
+    layout = StateLayout(profile.state_dir)
+    if is_built(layout.tiny_model_dir):
+        logger.info("tiny Phi-3 already built at %s", location)
+        return location
+    logger.info("building the tiny Phi-3 into %s", location)
+    corpus = generate_conversations(TOKENIZER_CORPUS_CONVERSATIONS, TOKENIZER_CORPUS_SEED)
+    build_tiny_phi3(layout.tiny_model_dir, corpus)
+    return location

@@ -1,0 +1,494 @@
+"""Fine-tune Phi-3 / Phi-3.5-mini-instruct (or the tiny Phi-3) on chat data with TRL.
+
+The same script runs from the local job runner, inside the Azure ML command job and by hand:
+
+    # the tutorial's arguments
+    python -m trainer.fine_tune --train-file data/train.jsonl --eval-file data/test.jsonl \
+        --model_output_dir out --base_model microsoft/Phi-3.5-mini-instruct
+    # defaults < YAML --config < command-line flags
+    python -m trainer.fine_tune --config job.yaml --learning_rate 1e-4 --method lora
+    python -m trainer.fine_tune --help
+
+It writes into --model_output_dir:
+    mlflow_model/   the fine-tuned model as an MLflow transformers model (registered from here,
+                    not from the run's artifact store: see SEED.md)
+    metrics.json    train/eval loss, eval loss before training, real tokens/s, duration, lineage
+    checkpoints/    resumable checkpoints while training; a re-run resumes from the last one
+
+A re-run whose output already holds a finished model for the same hyperparameters does
+nothing and exits 0, so a retried job converges instead of training twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from trainer.config import Hyperparameters, JobArguments, RunOptions, option_names
+
+LOGGER = logging.getLogger("trainer.fine_tune")
+
+MLFLOW_MODEL_DIR = "mlflow_model"
+CHECKPOINTS_DIR = "checkpoints"
+METRICS_FILE = "metrics.json"
+# Test hook for resume: raise after this optimizer step, as a crash would (never set in real use).
+FAULT_ENV = "FINETUNE_PHI_FAIL_AFTER_STEP"
+
+
+class SimulatedCrash(RuntimeError):
+    """Raised by the FAULT_ENV test hook."""
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def make_parser():  # -> transformers.HfArgumentParser
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(
+        (JobArguments, RunOptions, Hyperparameters),
+        description="Fine-tune a Phi-3 model on chat data (ultrachat_200k schema) with TRL.",
+    )
+    return parser
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A YAML mapping of option names to values; unknown names are errors naming the key."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise SystemExit(f"--config {path}: expected a mapping of options, got {type(data).__name__}")
+    unknown = sorted(set(data) - option_names())
+    if unknown:
+        raise SystemExit(f"--config {path}: unknown option(s): {', '.join(unknown)}")
+    return data
+
+
+def parse_arguments(
+    argv: Sequence[str] | None = None,
+) -> tuple[JobArguments, RunOptions, Hyperparameters]:
+    """Parse with precedence: dataclass defaults < YAML --config < command-line flags."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    parser = make_parser()
+    if known.config:
+        defaults = read_config_file(known.config)
+        parser.set_defaults(**defaults)
+        # A required option given by the YAML file is no longer required on the command line.
+        for action in parser._actions:
+            if action.dest in defaults:
+                action.required = False
+    job, run, hp = parser.parse_args_into_dataclasses(args=argv)
+    return job, run, hp
+
+
+# --------------------------------------------------------------------------- planning (pure)
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    device: str  # "cuda" or "cpu"
+    precision: str  # "bf16", "fp16" or "fp32"
+
+
+def plan_device(precision: str, *, cuda: bool, bf16_supported: bool) -> DevicePlan:
+    """bf16 on a GPU that has it, fp32 elsewhere: CPUs here emulate bf16 ~50x slower."""
+    device = "cuda" if cuda else "cpu"
+    if precision == "auto":
+        return DevicePlan(device, "bf16" if cuda and bf16_supported else "fp32")
+    if precision in {"bf16", "fp16"} and not cuda:
+        raise SystemExit(f"--precision {precision} needs a CUDA device; use fp32 or auto on CPU")
+    if precision == "bf16" and not bf16_supported:
+        raise SystemExit("--precision bf16: this GPU has no bf16 support; use fp16 or auto")
+    return DevicePlan(device, precision)
+
+
+def build_sft_config(
+    run: RunOptions, hp: Hyperparameters, plan: DevicePlan, checkpoints_dir: Path
+):  # -> trl.SFTConfig
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(checkpoints_dir),
+        # hyperparameters
+        num_train_epochs=hp.num_train_epochs,
+        max_steps=hp.max_steps,
+        learning_rate=hp.learning_rate,
+        lr_scheduler_type=hp.lr_scheduler_type,
+        # transformers 5 reads a float below 1 as a ratio of the total steps.
+        warmup_steps=hp.warmup_ratio,
+        weight_decay=hp.weight_decay,
+        per_device_train_batch_size=hp.per_device_train_batch_size,
+        per_device_eval_batch_size=hp.per_device_eval_batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        gradient_checkpointing=hp.gradient_checkpointing,
+        max_length=hp.max_length,
+        packing=hp.packing,
+        # Best-fit decreasing packing is padding-free: no compute is spent on pad tokens.
+        packing_strategy="bfd",
+        seed=hp.seed,
+        data_seed=hp.seed,
+        bf16=plan.precision == "bf16",
+        fp16=plan.precision == "fp16",
+        use_cpu=plan.device == "cpu",
+        eval_strategy=hp.eval_strategy,
+        eval_steps=hp.eval_steps if hp.eval_strategy == "steps" else None,
+        # run options
+        save_strategy="steps",
+        save_steps=run.save_steps,
+        save_total_limit=run.save_total_limit,
+        logging_steps=run.logging_steps,
+        logging_first_step=True,
+        # The tutorial turns Hugging Face's MLflow callback off; we log a bounded set ourselves.
+        report_to="none",
+        # Progress is printed one line per logging step (readable in job log files).
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        save_only_model=False,
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+# --------------------------------------------------------------------------- side effects
+
+
+def load_model_and_tokenizer(base_model: str, hp: Hyperparameters, plan: DevicePlan):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[plan.precision]
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer.model_max_length = hp.max_length
+    if tokenizer.pad_token is None:
+        # The tutorial's choice (pad = unk); eos when a tokenizer has no unk token.
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model, dtype=dtype, attn_implementation=hp.attn_implementation
+    )
+    model.config.use_cache = False  # the KV cache is useless in training and costs memory
+    return model, tokenizer
+
+
+def load_chat_split(path: str):  # -> datasets.Dataset
+    """Only `messages` goes to TRL: a string `prompt` column would make it a prompt dataset."""
+    from datasets import load_dataset
+
+    dataset = load_dataset("json", data_files=path, split="train")
+    if "messages" not in dataset.column_names:
+        raise SystemExit(f"{path}: no 'messages' column (expected ultrachat_200k's schema)")
+    return dataset.select_columns(["messages"])
+
+
+def lora_config(hp: Hyperparameters):  # -> peft.LoraConfig
+    from peft import LoraConfig
+
+    targets: str | list[str] = hp.lora_target_modules
+    if targets != "all-linear":
+        targets = [name.strip() for name in targets.split(",") if name.strip()]
+    return LoraConfig(
+        r=hp.lora_r,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+
+
+def make_progress_callback(mlflow_active: bool):
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        """One line per logging step: step, loss, real tokens/s, ETA; metrics to MLflow."""
+
+        def __init__(self) -> None:
+            self.started = time.monotonic()
+            self.first_step: int | None = None
+            self.last_tokens = 0.0
+            self.last_time = self.started
+            # Non-padding tokens trained on so far, as counted by TRL (`num_tokens`).
+            self.num_tokens = 0.0
+            self.tokens_at_start = 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = self.last_time = time.monotonic()
+            self.first_step = state.global_step
+            self.tokens_at_start = self.num_tokens = self.last_tokens = 0.0
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            now = time.monotonic()
+            if "loss" in logs:
+                tokens = float(logs.get("num_tokens", 0.0))
+                self.num_tokens = tokens
+                rate = (tokens - self.last_tokens) / max(now - self.last_time, 1e-9)
+                self.last_tokens, self.last_time = tokens, now
+                done = state.global_step - (self.first_step or 0)
+                remaining = state.max_steps - state.global_step
+                eta = (now - self.started) / done * remaining if done > 0 else float("nan")
+                pct = 100.0 * state.global_step / max(state.max_steps, 1)
+                print(
+                    f"step {state.global_step}/{state.max_steps} ({pct:.0f}%) "
+                    f"loss {logs['loss']:.4f} lr {logs.get('learning_rate', 0.0):.2e} "
+                    f"{rate:,.0f} tok/s eta {format_duration(eta) if math.isfinite(eta) else '?'}",
+                    flush=True,
+                )
+            if mlflow_active:
+                import mlflow
+
+                numeric = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
+                mlflow.log_metrics(numeric, step=state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            fail_after = os.environ.get(FAULT_ENV)
+            if fail_after and state.global_step >= int(fail_after):
+                raise SimulatedCrash(f"{FAULT_ENV}={fail_after}: simulated crash")
+
+    return ProgressCallback()
+
+
+def last_checkpoint(checkpoints_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not checkpoints_dir.is_dir():
+        return None
+    return get_last_checkpoint(str(checkpoints_dir))
+
+
+def save_mlflow_model(model: Any, tokenizer: Any, destination: Path) -> None:
+    """Save as an MLflow transformers model, atomically (staging folder, then rename)."""
+    import mlflow
+
+    staging = destination.with_name(destination.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer.padding_side = "left"  # generation pads on the left
+    mlflow.transformers.save_model(
+        transformers_model={"model": model, "tokenizer": tokenizer},
+        path=str(staging),
+        task="text-generation",
+        pip_requirements=serving_requirements(),
+    )
+    shutil.rmtree(destination, ignore_errors=True)
+    staging.rename(destination)
+
+
+def serving_requirements() -> list[str]:
+    """What the saved model needs to run, pinned to what trained it.
+
+    MLflow's inferred list always adds torchvision for torch models (which has no CPU build
+    here and is not needed for text generation), so the list is explicit.
+    """
+    from importlib.metadata import version
+
+    pins = [f"{name}=={version(name)}" for name in ("transformers", "tokenizers", "accelerate")]
+    # torch as a lower bound: a serving machine picks the CPU or CUDA build it needs.
+    torch_release = version("torch").split("+")[0]
+    return [*pins, f"torch>={torch_release}", "mlflow"]
+
+
+def finished_metrics(output_dir: Path, config_hash: str) -> dict[str, Any] | None:
+    """The metrics of a finished run with the same hyperparameters, if the output has one."""
+    metrics_path = output_dir / METRICS_FILE
+    if not (metrics_path.is_file() and (output_dir / MLFLOW_MODEL_DIR / "MLmodel").is_file()):
+        return None
+    metrics = json.loads(metrics_path.read_text())
+    return metrics if metrics.get("config_hash") == config_hash else None
+
+
+def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    staging = path.with_name(path.name + ".partial")
+    staging.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    staging.replace(path)
+
+
+def main(job: JobArguments, run: RunOptions, hp: Hyperparameters) -> dict[str, Any]:
+    """Fine-tune, evaluate, save the MLflow model and metrics.json; return the metrics."""
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
+    )
+    output_dir = Path(job.model_output_dir)
+    config_hash = hp.config_hash()
+    done = finished_metrics(output_dir, config_hash)
+    if done is not None:
+        print(f"{output_dir} already holds a model trained with config {config_hash[:12]}: "
+              "nothing to do", flush=True)
+        return done
+
+    import torch
+    from trl import SFTTrainer
+
+    if run.torch_threads > 0:
+        torch.set_num_threads(run.torch_threads)
+    cuda = torch.cuda.is_available()
+    plan = plan_device(
+        hp.precision, cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported()
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints_dir = output_dir / CHECKPOINTS_DIR
+    resume_from = last_checkpoint(checkpoints_dir)
+
+    print(f"fine-tuning {job.base_model} ({hp.method}, {plan.precision} on {plan.device}, "
+          f"{hp.attn_implementation} attention, config {config_hash[:12]})", flush=True)
+    model, tokenizer = load_model_and_tokenizer(job.base_model, hp, plan)
+    train_dataset = load_chat_split(job.train_file)
+    eval_dataset = load_chat_split(job.eval_file)
+
+    tracking_uri = job.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow_run_id = _start_mlflow_run(job, hp, tracking_uri)
+    progress = make_progress_callback(mlflow_active=mlflow_run_id is not None)
+    try:
+        trainer = SFTTrainer(
+            model=model,
+            args=build_sft_config(run, hp, plan, checkpoints_dir),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(hp) if hp.method == "lora" else None,
+            callbacks=[progress],
+        )
+        eval_before = _eval_before_training(trainer, run, checkpoints_dir, resume_from)
+
+        if resume_from:
+            print(f"resuming from {resume_from}", flush=True)
+        started = time.monotonic()
+        train_result = trainer.train(resume_from_checkpoint=resume_from)
+        train_seconds = time.monotonic() - started
+        eval_metrics = trainer.evaluate()
+
+        final_model = trainer.model
+        if hp.method == "lora":
+            final_model = final_model.merge_and_unload()
+        final_model.config.use_cache = True  # serving wants the KV cache back
+        save_mlflow_model(final_model, tokenizer, output_dir / MLFLOW_MODEL_DIR)
+
+        # Tokens since this process started (a resumed run counts only its own part).
+        train_tokens = progress.num_tokens - progress.tokens_at_start
+        metrics = {
+            "base_model": job.base_model,
+            "config_hash": config_hash,
+            "hyperparameters": asdict(hp),
+            "device": plan.device,
+            "precision": plan.precision,
+            "train_loss": train_result.training_loss,
+            "eval_loss": eval_metrics.get("eval_loss"),
+            "eval_loss_before": eval_before,
+            "global_step": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
+            "train_tokens": train_tokens,
+            "real_tokens_per_second": train_tokens / train_seconds if train_seconds > 0 else None,
+            "train_seconds": round(train_seconds, 3),
+            "resumed_from_step": _checkpoint_step(resume_from),
+            "train_file_sha256": file_sha256(job.train_file),
+            "eval_file_sha256": file_sha256(job.eval_file),
+            "mlflow_run_id": mlflow_run_id,
+        }
+        _finish_mlflow_run(mlflow_run_id, metrics)
+        write_json_atomically(output_dir / METRICS_FILE, metrics)
+    except BaseException:
+        if mlflow_run_id is not None:
+            import mlflow
+
+            mlflow.end_run(status="FAILED")
+        raise
+
+    if not run.keep_checkpoints:
+        shutil.rmtree(checkpoints_dir, ignore_errors=True)
+    print(
+        f"done in {format_duration(metrics['train_seconds'])}: eval loss "
+        f"{_fmt(eval_before)} -> {_fmt(metrics['eval_loss'])}, "
+        f"{_fmt(metrics['real_tokens_per_second'], '{:,.0f}')} real tokens/s; "
+        f"model in {output_dir / MLFLOW_MODEL_DIR}",
+        flush=True,
+    )
+    return metrics
+
+
+def _fmt(value: float | None, spec: str = "{:.4f}") -> str:
+    return "n/a" if value is None else spec.format(value)
+
+
+def _checkpoint_step(checkpoint: str | None) -> int | None:
+    return int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None
+
+
+def _eval_before_training(
+    trainer: Any, run: RunOptions, checkpoints_dir: Path, resume_from: str | None
+) -> float | None:
+    """Eval loss of the base model; computed once and kept beside the checkpoints for resume."""
+    if not run.eval_before_training:
+        return None
+    cached = checkpoints_dir / "eval_before.json"
+    if resume_from and cached.is_file():
+        return float(json.loads(cached.read_text())["eval_loss"])
+    loss = float(trainer.evaluate(metric_key_prefix="eval")["eval_loss"])
+    checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps({"eval_loss": loss}) + "\n")
+    print(f"eval loss before training: {loss:.4f}", flush=True)
+    return loss
+
+
+def _start_mlflow_run(job: JobArguments, hp: Hyperparameters, tracking_uri: str | None) -> str | None:
+    if not tracking_uri:
+        print("no MLflow tracking URI: metrics go to metrics.json only", flush=True)
+        return None
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    # Inside an Azure ML job MLFLOW_RUN_ID names the job's own run; start_run attaches to it.
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(job.mlflow_experiment)
+    active = mlflow.start_run(run_name=job.run_name)
+    # A bounded parameter set: the hyperparameters and where the data came from.
+    params: dict[str, Any] = {f.name: getattr(hp, f.name) for f in fields(hp)}
+    params.update(base_model=job.base_model, config_hash=hp.config_hash(),
+                  train_file_sha256=file_sha256(job.train_file),
+                  eval_file_sha256=file_sha256(job.eval_file))
+    mlflow.log_params(params)
+    return str(active.info.run_id)
+
+
+def _finish_mlflow_run(run_id: str | None, metrics: dict[str, Any]) -> None:
+    if run_id is None:
+        return
+    import mlflow
+
+    final = {
+        key: float(metrics[key])
+        for key in ("train_loss", "eval_loss", "eval_loss_before", "real_tokens_per_second",
+                    "train_seconds")
+        if metrics.get(key) is not None
+    }
+    mlflow.log_metrics(final)
+    mlflow.end_run(status="FINISHED")
+
+
+if __name__ == "__main__":
+    main(*parse_arguments())
