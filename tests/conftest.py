@@ -1,0 +1,69 @@
+"""Shared fixtures: a small tiny-Phi-3 and small chat data, built once per test session.
+
+Tests run the real libraries offline: nothing may reach a hub or send telemetry, and every
+cache lands in the session's temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_CACHE = Path(tempfile.mkdtemp(prefix="finetune-phi-tests-"))
+# Set before transformers/datasets/mlflow are imported by any test module.
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    HF_HOME=str(_CACHE / "hf"),
+    HF_DATASETS_CACHE=str(_CACHE / "hf-datasets"),
+    TOKENIZERS_PARALLELISM="false",
+    DO_NOT_TRACK="1",
+    MLFLOW_ENABLE_TELEMETRY="false",
+    MLFLOW_DISABLE_TELEMETRY="true",
+)
+
+# Small enough to train a few steps in seconds, big enough to learn something.
+SMALL_SPEC = {
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "seed": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def small_conversations() -> list[dict]:
+    from finetune_phi.chat_data.synthetic import generate_conversations
+
+    return generate_conversations(160, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, small_conversations) -> Path:
+    from finetune_phi.tiny_model import TinyModelSpec, build_tiny_phi3
+
+    return build_tiny_phi3(
+        tmp_path_factory.mktemp("tiny") / "tiny-phi3", small_conversations,
+        TinyModelSpec(**SMALL_SPEC),
+    )
+
+
+@pytest.fixture(scope="session")
+def chat_files(tmp_path_factory: pytest.TempPathFactory, small_conversations) -> dict[str, Path]:
+    """train.jsonl / test.jsonl from the small synthetic set (80/20, seeded)."""
+    from finetune_phi.chat_data.split import split_records
+
+    folder = tmp_path_factory.mktemp("chat")
+    train, test = split_records(small_conversations, 0.2, seed=0)
+    files = {}
+    for name, rows in (("train", train), ("test", test)):
+        path = folder / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        files[name] = path
+    return files
