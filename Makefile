@@ -1,7 +1,7 @@
 # One set of commands for people, CI (.ci/run) and the README.
 #   make demo   install, then run the full local pipeline on the embedded default
 #   make test   install, then run the test suite
-# Everything installs into ./.venv; state goes to ./state (override: FINETUNE_PHI_STATE_DIR).
+# Everything installs into ./.venv; state goes to ./state (override: FINETUNE_PHI__STATE_DIR).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -31,11 +31,17 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: install  ## run the full local pipeline on the embedded default (tiny Phi-3, synthetic chat data)
 	$(BIN)/finetune-phi demo
 
+# pytest exits 5 when it collected no tests (a wrong path, a broken conftest, a -k that matches
+# nothing): that is a broken suite, never a pass, so it fails here with its own message.
+RUN_PYTEST = $(BIN)/python -m pytest $(1); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make: pytest collected no tests: failing on purpose" >&2; exit 1; fi; \
+	exit $$status
+
 test: install  ## run the test suite (what CI runs)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(call RUN_PYTEST,$(PYTEST_ARGS))
 
 test-fast: install  ## the suite without the slow tier
-	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+	@$(call RUN_PYTEST,-m 'not slow' $(PYTEST_ARGS))
 
 lint: install  ## ruff
 	$(BIN)/ruff check .
@@ -47,4 +53,4 @@ typecheck: install  ## mypy (configured in pyproject.toml)
 check: lint typecheck test  ## everything CI cares about
 
 clean-state:  ## delete the state folder (MLflow db, models, datasets); safe, the demo rebuilds it
-	rm -rf $${FINETUNE_PHI_STATE_DIR:-state}
+	rm -rf $${FINETUNE_PHI__STATE_DIR:-state}

@@ -24,10 +24,12 @@ class ChatModel:
         )
         with torch.inference_mode():
             output = self.model.generate(
-                **prompt, max_new_tokens=max_new_tokens, do_sample=False,
+                **prompt,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-        new_tokens = output[0, prompt["input_ids"].shape[1]:]
+        new_tokens = output[0, prompt["input_ids"].shape[1] :]
         return str(self.tokenizer.decode(new_tokens, skip_special_tokens=True)).strip()
 
     def ask(self, question: str, max_new_tokens: int = 48) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,21 +24,24 @@ from typing import Any
 import yaml
 
 from finetune_phi import __version__
-from finetune_phi.settings import ConfigError, Profile, available_profiles, load_profile
+from finetune_phi.settings import (
+    ConfigError,
+    Profile,
+    available_profiles,
+    load_profile,
+    parse_override_value,
+    set_path,
+)
 
 
 def parse_assignments(assignments: Sequence[str]) -> dict[str, Any]:
-    """`a.b=value` pairs into a nested mapping; values parsed as YAML scalars ('2' -> 2)."""
+    """`a.b=value` pairs into a nested mapping, values typed as environment overrides are."""
     tree: dict[str, Any] = {}
     for item in assignments:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.seed=1")
-        node = tree
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        set_path(tree, key.split("."), parse_override_value(raw), label=f"--set {item!r}")
     return tree
 
 
@@ -63,14 +67,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_build_tiny_model(args: argparse.Namespace) -> int:
-    from finetune_phi.chat_data.synthetic import generate_conversations
     from finetune_phi.state import StateLayout
-    from finetune_phi.tiny_model import build_tiny_phi3
-    from tasks.base_model import TOKENIZER_CORPUS_CONVERSATIONS, TOKENIZER_CORPUS_SEED
+    from finetune_phi.tiny_model import build_default_tiny_phi3
 
     output = args.output or StateLayout(_profile(args).state_dir).tiny_model_dir
-    corpus = generate_conversations(TOKENIZER_CORPUS_CONVERSATIONS, TOKENIZER_CORPUS_SEED)
-    build_tiny_phi3(Path(output), corpus)
+    build_default_tiny_phi3(Path(output))
     print(f"tiny Phi-3 written to {output}")
     return 0
 
@@ -98,7 +99,14 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
+# The demo runs on a machine that may have no internet: Prefect's temporary server would log a
+# failed analytics call at start-up. Users who set these themselves keep their choice.
+_OFFLINE_PREFECT_DEFAULTS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    for key, value in _OFFLINE_PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     from finetune_phi.report import print_pipeline_summary
     from flows.finetune import finetune_pipeline
 
@@ -123,38 +131,52 @@ def make_parser() -> argparse.ArgumentParser:
 
     def with_profile(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sub.add_argument(
-            "--profile", default=None,
+            "--profile",
+            default=None,
             help="profile name or YAML path (default: $FINETUNE_PHI_PROFILE or 'local'; "
             f"available: {', '.join(available_profiles())})",
         )
         sub.add_argument(
-            "--set", action="append", default=[], metavar="KEY=VALUE",
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
             help="override one profile key, e.g. --set training.num_train_epochs=2 (repeatable)",
         )
         return sub
 
-    demo = with_profile(commands.add_parser(
-        "demo", help="run the full pipeline as a Prefect flow and print a summary"))
+    demo = with_profile(
+        commands.add_parser(
+            "demo", help="run the full pipeline as a Prefect flow and print a summary"
+        )
+    )
     demo.set_defaults(func=cmd_demo)
 
     config = with_profile(commands.add_parser("config", help="show, validate or describe profiles"))
     config.add_argument("action", choices=["show", "validate", "schema"])
     config.set_defaults(func=cmd_config)
 
-    tiny = with_profile(commands.add_parser(
-        "build-tiny-model", help="build the tiny Phi-3 (default: into the state folder)"))
+    tiny = with_profile(
+        commands.add_parser(
+            "build-tiny-model", help="build the tiny Phi-3 (default: into the state folder)"
+        )
+    )
     tiny.add_argument("--output", type=Path, default=None, help="model folder to write")
     tiny.set_defaults(func=cmd_build_tiny_model)
 
     generate = commands.add_parser(
-        "generate-data", help="write the synthetic chat dataset (ultrachat_200k schema) as JSONL")
+        "generate-data", help="write the synthetic chat dataset (ultrachat_200k schema) as JSONL"
+    )
     generate.add_argument("output", type=Path, help="JSONL file to write")
     generate.add_argument("-n", "--conversations", type=int, default=1200)
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(func=cmd_generate_data)
 
-    prepare = with_profile(commands.add_parser(
-        "prepare-data", help="validate and split the profile's data source (no Prefect)"))
+    prepare = with_profile(
+        commands.add_parser(
+            "prepare-data", help="validate and split the profile's data source (no Prefect)"
+        )
+    )
     prepare.add_argument("--output", type=Path, default=None, help="output folder")
     prepare.set_defaults(func=cmd_prepare_data)
     return parser

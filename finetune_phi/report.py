@@ -23,7 +23,8 @@ def summary_lines(result: PipelineResult, answers: list[tuple[str, str, bool]]) 
         f"finetune-phi: profile {result.profile}",
         f"  data      {counts.train} train / {counts.test} test conversations "
         f"({counts.invalid} invalid dropped), sha256 {manifest.dataset_sha256[:12]}",
-        f"  training  {metrics.get('base_model')}: eval loss {_num(metrics.get('eval_loss_before'))}"
+        f"  training  {metrics.get('base_model')}: "
+        f"eval loss {_num(metrics.get('eval_loss_before'))}"
         f" -> {_num(metrics.get('eval_loss'))} in {_num(metrics.get('train_seconds'), '{:.0f}')} s"
         f" ({_num(metrics.get('real_tokens_per_second'), '{:,.0f}')} tokens/s, "
         f"{metrics.get('precision')} on {metrics.get('device')})",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -82,7 +82,8 @@ class ModelSettings(StrictModel):
         "Hugging Face hub id such as microsoft/Phi-3.5-mini-instruct, or a local folder.",
     )
     registered_name: str = Field(
-        default="phi3-chat", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$",
+        default="phi3-chat",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$",
         description="Name of the model in the registry.",
     )
 
@@ -128,48 +129,103 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
 
 
-def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Nested overrides from FINETUNE_PHI__A__B=value variables (values parsed as YAML scalars).
+def parse_override_value(raw: str) -> Any:
+    """An override's text as a typed value: JSON where it parses (`3`, `1e-4`, `true`, `null`,
+    `[1, 2]`), the plain string otherwise (`no`, `cpu`, `microsoft/Phi-3.5-mini-instruct`).
 
-    YAML parsing gives `3` -> int and `true` -> bool, so strict validation still applies to
-    the typed value rather than to a string.
+    JSON rather than YAML on purpose: YAML 1.1 reads `1e-4` as a string and `no` as False,
+    which would make `learning_rate=1e-4` and `eval_strategy=no` impossible to set.
     """
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def set_path(tree: dict[str, Any], path: Sequence[str], value: Any, *, label: str) -> None:
+    """Put `value` at `path` in a nested mapping, naming `label` when two overrides collide."""
+    if not path or not all(path):
+        raise ConfigError(f"{label}: empty path segment")
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{label}: conflicts with another override of {part!r}")
+    if isinstance(node.get(path[-1]), dict):
+        raise ConfigError(f"{label}: conflicts with another override of {path[-1]!r}")
+    node[path[-1]] = value
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Nested overrides from FINETUNE_PHI__A__B=value variables (see `parse_override_value`)."""
     tree: dict[str, Any] = {}
     for key, raw in sorted(environ.items()):
         if not key.startswith(ENV_PREFIX):
             continue
-        path = [part.lower() for part in key[len(ENV_PREFIX):].split("__")]
-        if not all(path):
-            raise ConfigError(f"{key}: empty path segment in environment override")
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{key}: conflicts with another override of {part!r}")
-        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+        path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__")]
+        set_path(tree, path, parse_override_value(raw) if raw != "" else None, label=key)
     return tree
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Override wins key by key; a section whose `kind` changes is replaced, not merged.
+
+    Switching `data.source` from synthetic to a file must not keep the synthetic source's keys
+    (they would be unknown keys of a file source).
+    """
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
+        current = merged.get(key)
+        if (
+            isinstance(value, Mapping)
+            and isinstance(current, Mapping)
+            and value.get("kind", current.get("kind")) == current.get("kind")
+        ):
+            merged[key] = deep_merge(current, value)
         else:
             merged[key] = value
     return merged
 
 
-def format_validation_error(source: str, error: ValidationError) -> str:
+# Pydantic's ways of saying "this key is not allowed here": models forbid extras, dataclasses
+# (the trainer's Hyperparameters) reject an unexpected keyword argument.
+_UNKNOWN_KEY_ERRORS = {"extra_forbidden", "unexpected_keyword_argument"}
+
+
+def _has_key(node: Any, part: str | int) -> bool:
+    if isinstance(node, Mapping):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+
+
+def _key_path(loc: Sequence[str | int], data: Any) -> str:
+    """The dotted path of an error as the user wrote it.
+
+    Pydantic puts a tagged union's tag in the location (`backend.local.region`); walking the
+    input keeps only parts that are keys (or indexes) of the data at that level.
+    """
+    parts: list[str] = []
+    node = data
+    for part in loc:
+        if _has_key(node, part):
+            node = node[part]
+        elif isinstance(node, Mapping) and node.get("kind") == part:
+            continue  # the discriminator's tag, not a key in the file
+        else:
+            node = None  # past the input (a missing key): keep the rest as pydantic says
+        parts.append(str(part))
+    return ".".join(parts) or "(top level)"
+
+
+def format_validation_error(
+    source: str, error: ValidationError, data: Mapping[str, Any] | None = None
+) -> str:
     lines = [f"{source}: invalid profile ({error.error_count()} problem(s))"]
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        else:
-            message = item["msg"]
-        got = item.get("input")
-        shown = "" if item["type"] in {"missing", "extra_forbidden"} else f" (got {got!r})"
+        key = _key_path(item["loc"], data if data is not None else {})
+        unknown = item["type"] in _UNKNOWN_KEY_ERRORS
+        message = "unknown key" if unknown else item["msg"]
+        shown = "" if unknown or item["type"] == "missing" else f" (got {item.get('input')!r})"
         lines.append(f"  {key}: {message}{shown}")
     return "\n".join(lines)
 
@@ -183,7 +239,7 @@ def validate_profile(data: Mapping[str, Any], *, source: str = "profile") -> Pro
     try:
         return Profile.model_validate_json(text)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, exc)) from None
+        raise ConfigError(format_validation_error(source, exc, data)) from None
 
 
 def load_profile(

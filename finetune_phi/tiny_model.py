@@ -141,6 +141,19 @@ def build_tiny_phi3(
     return output_dir
 
 
+# The default tiny model's tokenizer is trained on the project's default synthetic chat data.
+TOKENIZER_CORPUS_CONVERSATIONS = 1200
+TOKENIZER_CORPUS_SEED = 0
+
+
+def build_default_tiny_phi3(output_dir: Path) -> Path:
+    """The tiny Phi-3 the demo uses: default spec, tokenizer trained on the default chat data."""
+    from finetune_phi.chat_data.synthetic import generate_conversations
+
+    corpus = generate_conversations(TOKENIZER_CORPUS_CONVERSATIONS, TOKENIZER_CORPUS_SEED)
+    return build_tiny_phi3(output_dir, corpus)
+
+
 def is_built(model_dir: Path) -> bool:
     return (Path(model_dir) / "config.json").is_file() and (
         Path(model_dir) / "tokenizer.json"

@@ -74,7 +74,9 @@ def register_model_version(
 
     if run_id is None:
         experiment_id = ensure_experiment(layout, experiment)
-        run_id = mlflow_client.create_run(experiment_id, run_name=f"register-{job_name}").info.run_id
+        run_id = mlflow_client.create_run(
+            experiment_id, run_name=f"register-{job_name}"
+        ).info.run_id
         mlflow_client.set_terminated(run_id)
     mlflow_client.log_artifacts(run_id, str(model_dir), artifact_path="model")
     artifact_uri = mlflow_client.get_run(run_id).info.artifact_uri.rstrip("/") + "/model"

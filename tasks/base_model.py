@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from finetune_phi.chat_data.synthetic import generate_conversations
 from finetune_phi.settings import TINY_MODEL, Profile
 from finetune_phi.state import StateLayout
-from finetune_phi.tiny_model import build_tiny_phi3, is_built
-
-# The tiny model's tokenizer is trained on the project's own default chat data.
-TOKENIZER_CORPUS_CONVERSATIONS = 1200
-TOKENIZER_CORPUS_SEED = 0
+from finetune_phi.tiny_model import build_default_tiny_phi3, is_built
 
 
 def resolve_base_model(profile: Profile) -> str:
@@ -34,6 +29,5 @@ def ensure_base_model(profile: Profile) -> str:
         logger.info("tiny Phi-3 already built at %s", location)
         return location
     logger.info("building the tiny Phi-3 into %s", location)
-    corpus = generate_conversations(TOKENIZER_CORPUS_CONVERSATIONS, TOKENIZER_CORPUS_SEED)
-    build_tiny_phi3(layout.tiny_model_dir, corpus)
+    build_default_tiny_phi3(layout.tiny_model_dir)
     return location

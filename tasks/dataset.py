@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from typing import Any
 
 from prefect import get_run_logger, task
 
@@ -36,7 +37,10 @@ def chat_token_counter(tokenizer_source: str) -> TokenCounter:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
 
     def count(messages: list[dict[str, str]]) -> int:
-        return len(tokenizer.apply_chat_template(messages, tokenize=True))
+        # transformers 5 returns a BatchEncoding here (len() of which is its number of keys),
+        # so ask for the dict explicitly and count the ids.
+        encoded: Any = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
+        return len(encoded["input_ids"])
 
     return count
 
@@ -48,7 +52,9 @@ def prepare_dataset_task(profile: Profile, tokenizer_source: str) -> PreparedDat
     staging = datasets_dir / ".incoming"
     shutil.rmtree(staging, ignore_errors=True)
     manifest = prepare_dataset(
-        profile.data, staging, count_tokens=chat_token_counter(tokenizer_source),
+        profile.data,
+        staging,
+        count_tokens=chat_token_counter(tokenizer_source),
         progress=logger.info,
     )
     final = datasets_dir / manifest.dataset_sha256[:16]
@@ -60,7 +66,11 @@ def prepare_dataset_task(profile: Profile, tokenizer_source: str) -> PreparedDat
     counts = manifest.counts
     logger.info(
         "dataset %s: %d train / %d test (%d invalid dropped) in %s",
-        manifest.dataset_sha256[:12], counts.train, counts.test, counts.invalid, final,
+        manifest.dataset_sha256[:12],
+        counts.train,
+        counts.test,
+        counts.invalid,
+        final,
     )
     return PreparedDataset(
         directory=str(final),

@@ -46,8 +46,9 @@ def trainer_command(config_file: Path) -> list[str]:
     return [sys.executable, "-m", "trainer.fine_tune", "--config", str(config_file)]
 
 
-def job_config(profile: Profile, base_model: str, dataset: PreparedDataset, output: Path,
-               job_name: str) -> dict[str, Any]:
+def job_config(
+    profile: Profile, base_model: str, dataset: PreparedDataset, output: Path, job_name: str
+) -> dict[str, Any]:
     """The trainer's YAML config: hyperparameters + run options + where things are."""
     return {
         **asdict(profile.training),
@@ -74,15 +75,26 @@ def train_model(profile: Profile, base_model: str, dataset: PreparedDataset) -> 
         yaml.safe_dump(job_config(profile, base_model, dataset, output, job_name), sort_keys=True)
     )
     ensure_experiment(layout, EXPERIMENT)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": layout.mlflow_tracking_uri,
-           "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": layout.mlflow_tracking_uri,
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     log_file = job_dir / "train.log"
     logger.info("training job %s (log: %s)", job_name, log_file)
     tail: list[str] = []
-    with log_file.open("a") as log, subprocess.Popen(
-        trainer_command(config_file), cwd=REPO_ROOT, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    ) as process:
+    with (
+        log_file.open("a") as log,
+        subprocess.Popen(
+            trainer_command(config_file),
+            cwd=REPO_ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        ) as process,
+    ):
         assert process.stdout is not None
         for line in process.stdout:
             log.write(line)

@@ -49,7 +49,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, small_conversations
     from finetune_phi.tiny_model import TinyModelSpec, build_tiny_phi3
 
     return build_tiny_phi3(
-        tmp_path_factory.mktemp("tiny") / "tiny-phi3", small_conversations,
+        tmp_path_factory.mktemp("tiny") / "tiny-phi3",
+        small_conversations,
         TinyModelSpec(**SMALL_SPEC),
     )
 
@@ -67,3 +68,15 @@ def chat_files(tmp_path_factory: pytest.TempPathFactory, small_conversations) ->
         path.write_text("".join(json.dumps(row) + "\n" for row in rows))
         files[name] = path
     return files
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A throwaway Prefect API (sqlite in a temp folder) for tests that run flows.
+
+    Start-up measured ~35 s here, over the harness's default 30 s timeout (COMPAT.md).
+    """
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

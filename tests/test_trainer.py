@@ -76,14 +76,29 @@ def test_entry_point_fine_tunes_and_logs_to_mlflow(
     out = tmp_path / "out"
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = tmp_path / "job.yaml"
-    config.write_text("learning_rate: 3.0e-3\nwarmup_ratio: 0.0\nmax_steps: 12\n"
-                      "max_length: 256\nper_device_train_batch_size: 8\neval_strategy: 'no'\n"
-                      "logging_steps: 4\nsave_steps: 1000\n")
+    config.write_text(
+        "learning_rate: 3.0e-3\nwarmup_ratio: 0.0\nmax_steps: 12\n"
+        "max_length: 256\nper_device_train_batch_size: 8\neval_strategy: 'no'\n"
+        "logging_steps: 4\nsave_steps: 1000\n"
+    )
     command = [
-        sys.executable, "-m", "trainer.fine_tune", "--config", str(config),
-        "--train-file", str(chat_files["train"]), "--eval-file", str(chat_files["test"]),
-        "--model_output_dir", str(out), "--base_model", str(tiny_model_dir),
-        "--mlflow_tracking_uri", tracking, "--run_name", "entry-point-test",
+        sys.executable,
+        "-m",
+        "trainer.fine_tune",
+        "--config",
+        str(config),
+        "--train-file",
+        str(chat_files["train"]),
+        "--eval-file",
+        str(chat_files["test"]),
+        "--model_output_dir",
+        str(out),
+        "--base_model",
+        str(tiny_model_dir),
+        "--mlflow_tracking_uri",
+        tracking,
+        "--run_name",
+        "entry-point-test",
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
@@ -128,7 +143,9 @@ def test_rerun_of_finished_output_is_a_no_op(
 
 @pytest.mark.slow
 def test_crash_resumes_from_last_checkpoint(
-    tiny_model_dir: Path, chat_files: dict[str, Path], tmp_path: Path,
+    tiny_model_dir: Path,
+    chat_files: dict[str, Path],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "out"
@@ -144,9 +161,7 @@ def test_crash_resumes_from_last_checkpoint(
     metrics = main(job(chat_files, tiny_model_dir, out), run, hp)
     assert metrics["resumed_from_step"] == 3
     assert metrics["global_step"] == 8
-    state = json.loads(
-        (out / CHECKPOINTS_DIR / "checkpoint-8" / "trainer_state.json").read_text()
-    )
+    state = json.loads((out / CHECKPOINTS_DIR / "checkpoint-8" / "trainer_state.json").read_text())
     assert state["global_step"] == 8
 
 
@@ -168,8 +183,10 @@ def test_lora_is_merged_on_save_and_the_model_generates(
     chat = load_chat_model(model_dir)
     assert isinstance(chat.ask("Who founded Microsoft?", max_new_tokens=8), str)
     prompt = chat.tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Who founded Microsoft?"}], add_generation_prompt=True,
-        return_tensors="pt", return_dict=True,
+        [{"role": "user", "content": "Who founded Microsoft?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     # A few steps of LoRA cannot teach the answer yet; it must still generate tokens.
     output = chat.model.generate(**prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)
@@ -203,15 +220,28 @@ def test_tutorial_flag_spelling_is_accepted() -> None:
         ["--train-file", "t.jsonl", "--eval-file", "e.jsonl", "--model_output_dir", "o"]
     )
     assert (job_args.train_file, job_args.eval_file, job_args.model_output_dir) == (
-        "t.jsonl", "e.jsonl", "o")
+        "t.jsonl",
+        "e.jsonl",
+        "o",
+    )
 
 
 def test_unknown_key_in_config_names_it(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("learning_rate: 1.0e-4\nlearnig_rate: 2.0e-4\n")
     with pytest.raises(SystemExit, match="unknown option.*learnig_rate"):
-        parse_arguments(["--config", str(config), "--train-file", "t", "--eval-file", "e",
-                         "--model_output_dir", "o"])
+        parse_arguments(
+            [
+                "--config",
+                str(config),
+                "--train-file",
+                "t",
+                "--eval-file",
+                "e",
+                "--model_output_dir",
+                "o",
+            ]
+        )
 
 
 def test_missing_required_argument_is_an_error() -> None:
@@ -221,5 +251,15 @@ def test_missing_required_argument_is_an_error() -> None:
 
 def test_invalid_choice_is_rejected() -> None:
     with pytest.raises(SystemExit):
-        parse_arguments(["--train-file", "t", "--eval-file", "e", "--model_output_dir", "o",
-                         "--method", "qlora"])
+        parse_arguments(
+            [
+                "--train-file",
+                "t",
+                "--eval-file",
+                "e",
+                "--model_output_dir",
+                "o",
+                "--method",
+                "qlora",
+            ]
+        )

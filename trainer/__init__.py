@@ -1,4 +1,5 @@
-"""The fine-tuning entry point: runs the same way locally, inside the Azure ML command job and by hand.
+"""The fine-tuning entry point: runs the same way locally, inside the Azure ML command job,
+and by hand.
 
 It depends only on the training stack (torch, transformers, trl, peft, datasets, mlflow) and
 must not import Prefect, the backends or `finetune_phi`, because in Azure it runs from a code

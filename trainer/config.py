@@ -37,36 +37,47 @@ class Hyperparameters:
 
     method: Method = field(
         default="full",
-        metadata=_help("full: update every weight (the tutorial). lora: train LoRA adapters with "
-                       "peft and merge them into the base weights on save."),
+        metadata=_help(
+            "full: update every weight (the tutorial). lora: train LoRA adapters with "
+            "peft and merge them into the base weights on save."
+        ),
     )
     lora_r: int = field(default=16, metadata=_help("LoRA rank (method=lora)."))
     lora_alpha: int = field(default=32, metadata=_help("LoRA alpha (method=lora)."))
     lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout (method=lora)."))
     lora_target_modules: str = field(
         default="all-linear",
-        metadata=_help("Modules LoRA adapts: 'all-linear' or a comma-separated list "
-                       "(e.g. 'qkv_proj,o_proj')."),
+        metadata=_help(
+            "Modules LoRA adapts: 'all-linear' or a comma-separated list (e.g. 'qkv_proj,o_proj')."
+        ),
     )
     attn_implementation: Attention = field(
         default="sdpa",
-        metadata=_help("Attention kernel: sdpa (default), eager (the tutorial's), "
-                       "flash_attention_2 (CUDA only, needs flash-attn)."),
+        metadata=_help(
+            "Attention kernel: sdpa (default), eager (the tutorial's), "
+            "flash_attention_2 (CUDA only, needs flash-attn)."
+        ),
     )
     precision: Precision = field(
         default="auto",
-        metadata=_help("auto: bf16 on a CUDA device that supports it, fp32 otherwise "
-                       "(CPUs here have no bf16 hardware: it would be ~50x slower)."),
+        metadata=_help(
+            "auto: bf16 on a CUDA device that supports it, fp32 otherwise "
+            "(CPUs here have no bf16 hardware: it would be ~50x slower)."
+        ),
     )
     packing: bool = field(
         default=True,
-        metadata=_help("Pack several conversations into one sequence (padding-free, "
-                       "best-fit decreasing) so no compute is spent on padding."),
+        metadata=_help(
+            "Pack several conversations into one sequence (padding-free, "
+            "best-fit decreasing) so no compute is spent on padding."
+        ),
     )
     gradient_checkpointing: bool = field(
         default=False,
-        metadata=_help("Recompute activations in the backward pass: saves memory, costs ~30%% "
-                       "more compute. The tutorial turns it on; turn it on when memory needs it."),
+        metadata=_help(
+            "Recompute activations in the backward pass: saves memory, costs ~30%% "
+            "more compute. The tutorial turns it on; turn it on when memory needs it."
+        ),
     )
     num_train_epochs: float = field(default=3.0, metadata=_help("Passes over the training set."))
     max_steps: int = field(
@@ -74,7 +85,8 @@ class Hyperparameters:
     )
     learning_rate: float = field(default=5e-6, metadata=_help("Peak learning rate."))
     lr_scheduler_type: str = field(
-        default="cosine", metadata=_help("transformers scheduler name (cosine, linear, constant...).")
+        default="cosine",
+        metadata=_help("transformers scheduler name (cosine, linear, constant...)."),
     )
     warmup_ratio: float = field(
         default=0.2, metadata=_help("Fraction of the steps spent warming the learning rate up.")
@@ -113,8 +125,10 @@ class JobArguments:
     train_file: str = field(metadata=_help("Training data: JSONL in ultrachat_200k's schema."))
     eval_file: str = field(metadata=_help("Held-out data: JSONL in the same schema."))
     model_output_dir: str = field(
-        metadata=_help("Job output folder: mlflow_model/ (the MLflow transformers model), "
-                       "metrics.json and checkpoints/ (for resume) are written here."),
+        metadata=_help(
+            "Job output folder: mlflow_model/ (the MLflow transformers model), "
+            "metrics.json and checkpoints/ (for resume) are written here."
+        ),
     )
     base_model: str = field(
         default="microsoft/Phi-3.5-mini-instruct",
@@ -126,13 +140,16 @@ class JobArguments:
     )
     mlflow_tracking_uri: str | None = field(
         default=None,
-        metadata=_help("MLflow tracking URI; default: $MLFLOW_TRACKING_URI, and no tracking run "
-                       "when neither is set (the model is still saved)."),
+        metadata=_help(
+            "MLflow tracking URI; default: $MLFLOW_TRACKING_URI, and no tracking run "
+            "when neither is set (the model is still saved)."
+        ),
     )
     mlflow_experiment: str = field(
         default="finetune-phi", metadata=_help("MLflow experiment name.")
     )
     run_name: str | None = field(default=None, metadata=_help("MLflow run name."))
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -146,8 +163,10 @@ class RunOptions:
     save_total_limit: int = field(default=2, metadata=_help("Checkpoints kept on disk."))
     keep_checkpoints: bool = field(
         default=False,
-        metadata=_help("Keep checkpoints/ after the model is saved (they are large: weights plus "
-                       "optimizer state)."),
+        metadata=_help(
+            "Keep checkpoints/ after the model is saved (they are large: weights plus "
+            "optimizer state)."
+        ),
     )
     eval_before_training: bool = field(
         default=True, metadata=_help("Evaluate the base model first, to report the improvement.")

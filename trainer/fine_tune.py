@@ -57,7 +57,7 @@ def make_parser():  # -> transformers.HfArgumentParser
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(
-        (JobArguments, RunOptions, Hyperparameters),
+        (JobArguments, RunOptions, Hyperparameters),  # type: ignore[arg-type]  # frozen dataclasses
         description="Fine-tune a Phi-3 model on chat data (ultrachat_200k schema) with TRL.",
     )
     return parser
@@ -69,7 +69,9 @@ def read_config_file(path: str) -> dict[str, Any]:
 
     data = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(data, dict):
-        raise SystemExit(f"--config {path}: expected a mapping of options, got {type(data).__name__}")
+        raise SystemExit(
+            f"--config {path}: expected a mapping of options, got {type(data).__name__}"
+        )
     unknown = sorted(set(data) - option_names())
     if unknown:
         raise SystemExit(f"--config {path}: unknown option(s): {', '.join(unknown)}")
@@ -211,9 +213,10 @@ def load_chat_split(path: str):  # -> datasets.Dataset
 def lora_config(hp: Hyperparameters):  # -> peft.LoraConfig
     from peft import LoraConfig
 
-    targets: str | list[str] = hp.lora_target_modules
-    if targets != "all-linear":
-        targets = [name.strip() for name in targets.split(",") if name.strip()]
+    spec = hp.lora_target_modules
+    targets: str | list[str] = spec
+    if spec != "all-linear":
+        targets = [name.strip() for name in spec.split(",") if name.strip()]
     return LoraConfig(
         r=hp.lora_r,
         lora_alpha=hp.lora_alpha,
@@ -338,8 +341,11 @@ def main(job: JobArguments, run: RunOptions, hp: Hyperparameters) -> dict[str, A
     config_hash = hp.config_hash()
     done = finished_metrics(output_dir, config_hash)
     if done is not None:
-        print(f"{output_dir} already holds a model trained with config {config_hash[:12]}: "
-              "nothing to do", flush=True)
+        print(
+            f"{output_dir} already holds a model trained with config {config_hash[:12]}: "
+            "nothing to do",
+            flush=True,
+        )
         return done
 
     import torch
@@ -355,8 +361,11 @@ def main(job: JobArguments, run: RunOptions, hp: Hyperparameters) -> dict[str, A
     checkpoints_dir = output_dir / CHECKPOINTS_DIR
     resume_from = last_checkpoint(checkpoints_dir)
 
-    print(f"fine-tuning {job.base_model} ({hp.method}, {plan.precision} on {plan.device}, "
-          f"{hp.attn_implementation} attention, config {config_hash[:12]})", flush=True)
+    print(
+        f"fine-tuning {job.base_model} ({hp.method}, {plan.precision} on {plan.device}, "
+        f"{hp.attn_implementation} attention, config {config_hash[:12]})",
+        flush=True,
+    )
     model, tokenizer = load_model_and_tokenizer(job.base_model, hp, plan)
     train_dataset = load_chat_split(job.train_file)
     eval_dataset = load_chat_split(job.eval_file)
@@ -383,7 +392,7 @@ def main(job: JobArguments, run: RunOptions, hp: Hyperparameters) -> dict[str, A
         train_seconds = time.monotonic() - started
         eval_metrics = trainer.evaluate()
 
-        final_model = trainer.model
+        final_model: Any = trainer.model
         if hp.method == "lora":
             final_model = final_model.merge_and_unload()
         final_model.config.use_cache = True  # serving wants the KV cache back
@@ -455,7 +464,9 @@ def _eval_before_training(
     return loss
 
 
-def _start_mlflow_run(job: JobArguments, hp: Hyperparameters, tracking_uri: str | None) -> str | None:
+def _start_mlflow_run(
+    job: JobArguments, hp: Hyperparameters, tracking_uri: str | None
+) -> str | None:
     if not tracking_uri:
         print("no MLflow tracking URI: metrics go to metrics.json only", flush=True)
         return None
@@ -468,9 +479,12 @@ def _start_mlflow_run(job: JobArguments, hp: Hyperparameters, tracking_uri: str 
     active = mlflow.start_run(run_name=job.run_name)
     # A bounded parameter set: the hyperparameters and where the data came from.
     params: dict[str, Any] = {f.name: getattr(hp, f.name) for f in fields(hp)}
-    params.update(base_model=job.base_model, config_hash=hp.config_hash(),
-                  train_file_sha256=file_sha256(job.train_file),
-                  eval_file_sha256=file_sha256(job.eval_file))
+    params.update(
+        base_model=job.base_model,
+        config_hash=hp.config_hash(),
+        train_file_sha256=file_sha256(job.train_file),
+        eval_file_sha256=file_sha256(job.eval_file),
+    )
     mlflow.log_params(params)
     return str(active.info.run_id)
 
@@ -482,8 +496,13 @@ def _finish_mlflow_run(run_id: str | None, metrics: dict[str, Any]) -> None:
 
     final = {
         key: float(metrics[key])
-        for key in ("train_loss", "eval_loss", "eval_loss_before", "real_tokens_per_second",
-                    "train_seconds")
+        for key in (
+            "train_loss",
+            "eval_loss",
+            "eval_loss_before",
+            "real_tokens_per_second",
+            "train_seconds",
+        )
         if metrics.get(key) is not None
     }
     mlflow.log_metrics(final)
