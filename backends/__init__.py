@@ -1,0 +1,1 @@
+"""Backends: the `Workspace` protocol (workspace.py) and its implementations (local/, azure/)."""

@@ -1,0 +1,271 @@
+"""The workspace interface: what the pipeline needs from a backend, local or Azure ML.
+
+One `Workspace` protocol, two implementations: `backends.local` (processes, MLflow on sqlite,
+a local endpoint on loopback) and `backends.azure` (azure-ai-ml SDK v2). Tasks only ever talk
+to this protocol, so the flow is the same on both.
+
+Names follow Azure ML where it has one: job statuses are Azure's strings, an endpoint has
+deployments, `traffic` maps deployment name -> percent of live requests, `mirror_traffic` maps
+one deployment -> percent of requests copied to it (responses discarded), and the header
+`azureml-model-deployment` sends a request to one deployment directly.
+
+The value types here are plain frozen dataclasses: no backend object crosses this boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from trainer.config import Hyperparameters, RunOptions
+
+# The header that targets one deployment, bypassing the traffic map and mirroring (Azure's).
+DEPLOYMENT_HEADER = "azureml-model-deployment"
+
+CHAMPION = "champion"  # registry alias of the model serving live traffic
+CHALLENGER = "challenger"  # registry alias of the model being rolled out
+
+
+class JobStatus(StrEnum):
+    """Azure ML's job statuses (the strings `ml_client.jobs.get(name).status` returns)."""
+
+    NOT_STARTED = "NotStarted"
+    STARTING = "Starting"
+    PROVISIONING = "Provisioning"
+    PREPARING = "Preparing"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    FINALIZING = "Finalizing"
+    CANCEL_REQUESTED = "CancelRequested"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELED = "Canceled"
+    NOT_RESPONDING = "NotResponding"
+    PAUSED = "Paused"
+    UNKNOWN = "Unknown"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_JOB_STATUSES
+
+
+TERMINAL_JOB_STATUSES = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.NOT_RESPONDING}
+)
+
+
+class WorkspaceError(RuntimeError):
+    """A backend operation failed. `transient` says whether retrying the same call may help
+    (a timeout, a 429/503, a connection reset) as opposed to a bad request or a missing thing.
+    Task retries are decided by this flag only (see `finetune_phi.errors` when it lands)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class NotFound(WorkspaceError):
+    """The named job, model, endpoint or deployment does not exist."""
+
+
+class RuleViolation(WorkspaceError):
+    """A request the backend refuses by Azure's rules (traffic not summing to 100, mirroring to
+    a live deployment, deleting a deployment that has traffic...). Never transient."""
+
+
+# --------------------------------------------------------------------------- environments, compute
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    name: str
+    image: str  # base image (Azure); ignored locally, where the project's venv is the environment
+    conda_file: str | None = None  # path to a conda YAML (environments/training.conda.yml)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class EnvironmentRef:
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class ComputeSpec:
+    name: str
+    size: str  # VM size (Azure); informational locally
+    min_instances: int = 0
+    max_instances: int = 1
+    idle_seconds_before_scale_down: int = 1800
+
+
+@dataclass(frozen=True)
+class ComputeRef:
+    name: str
+    state: str  # Azure's provisioning state, e.g. "Succeeded"; "Local" for this machine
+
+
+# --------------------------------------------------------------------------- training jobs
+
+
+@dataclass(frozen=True)
+class TrainingJobSpec:
+    """A fine-tuning job, independent of where it runs.
+
+    Each backend turns it into its own command (local: a YAML config for `trainer.fine_tune`;
+    Azure: a command job whose inputs are uploaded and whose flags carry the hyperparameters).
+    `name` is deterministic (`finetune_phi.lineage.training_job_name`), which is what makes
+    submitting idempotent: a job of that name is found, not started again.
+    """
+
+    name: str
+    experiment: str
+    base_model: str  # hub id, or a local folder (local backend only)
+    train_file: str
+    eval_file: str
+    hyperparameters: Hyperparameters
+    run_options: RunOptions = field(default_factory=RunOptions)
+    environment: EnvironmentRef | None = None
+    compute: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    display_name: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    name: str
+    status: JobStatus
+    tags: Mapping[str, str] = field(default_factory=dict)
+    # Where the trained MLflow model is once the job completed (a folder, or an azureml:// URI).
+    model_uri: str | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)  # the trainer's metrics.json
+    studio_url: str | None = None  # Azure ML studio link; the job folder locally
+    error: str | None = None  # why it failed, when it did
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: str
+    source: str  # where the registry keeps the files (artifact URI / azureml path)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    name: str
+    scoring_uri: str
+    auth_mode: str = "key"
+    provisioning_state: str = "Succeeded"
+
+
+@dataclass(frozen=True)
+class EndpointKeys:
+    primary: str
+    secondary: str
+
+    def __repr__(self) -> str:  # keys never end up in logs by accident
+        return "EndpointKeys(primary=***, secondary=***)"
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    endpoint: str
+    name: str  # a colour in blue-green rollouts: "blue" / "green"
+    model: ModelVersion
+    instance_type: str = "local"
+    instance_count: int = 1
+    environment_variables: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    endpoint: str
+    name: str
+    model: str  # "<name>:<version>"
+    provisioning_state: str  # Azure's: Creating, Updating, Succeeded, Failed, Deleting
+    ready: bool = False
+
+
+@dataclass(frozen=True)
+class TrafficState:
+    traffic: Mapping[str, int] = field(default_factory=dict)
+    mirror_traffic: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def live(self) -> dict[str, int]:
+        """Deployments that receive live traffic (percent > 0)."""
+        return {name: pct for name, pct in self.traffic.items() if pct > 0}
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+@runtime_checkable
+class Workspace(Protocol):
+    """Everything the pipeline asks of a backend. Methods block until the backend has done
+    what they say (deployments: until provisioned, not necessarily ready to score)."""
+
+    kind: str  # "local" | "azure"
+
+    # environments and compute
+    def ensure_environment(self, spec: EnvironmentSpec) -> EnvironmentRef: ...
+    def ensure_compute(self, spec: ComputeSpec) -> ComputeRef: ...
+
+    # jobs
+    def submit_job(self, spec: TrainingJobSpec) -> JobRecord:
+        """Start the job, or return the existing one of the same name (running or finished)."""
+        ...
+
+    def get_job(self, name: str) -> JobRecord: ...
+    def stream_job_logs(self, name: str, *, follow: bool = True) -> Iterator[str]: ...
+    def cancel_job(self, name: str) -> JobRecord: ...
+    def find_jobs(self, tags: Mapping[str, str]) -> list[JobRecord]: ...
+
+    # models
+    def register_model(
+        self, name: str, model_uri: str, *, tags: Mapping[str, str], job_name: str | None = None
+    ) -> ModelVersion:
+        """Register once per job: a version tagged with the same job_name is returned as is."""
+        ...
+
+    def get_model(self, name: str, version: str) -> ModelVersion: ...
+    def get_model_by_alias(self, name: str, alias: str) -> ModelVersion | None: ...
+    def list_model_versions(self, name: str) -> list[ModelVersion]: ...
+    def set_model_alias(self, name: str, alias: str, version: str) -> None: ...
+    def delete_model_alias(self, name: str, alias: str) -> None: ...
+
+    # endpoints
+    def get_or_create_endpoint(self, name: str) -> EndpointInfo: ...
+    def get_endpoint_keys(self, name: str) -> EndpointKeys: ...
+
+    # deployments
+    def create_or_update_deployment(self, spec: DeploymentSpec) -> DeploymentInfo: ...
+    def get_deployment(self, endpoint: str, name: str) -> DeploymentInfo | None: ...
+    def list_deployments(self, endpoint: str) -> list[DeploymentInfo]: ...
+    def delete_deployment(self, endpoint: str, name: str) -> None: ...
+    def get_deployment_logs(self, endpoint: str, name: str, *, lines: int = 100) -> str: ...
+
+    # traffic
+    def get_traffic(self, endpoint: str) -> TrafficState: ...
+    def set_traffic(self, endpoint: str, state: TrafficState) -> TrafficState:
+        """Apply the traffic and mirror maps together; returns what the backend now reports."""
+        ...
+
+    # scoring
+    def invoke(
+        self, endpoint: str, request: Mapping[str, Any], *, deployment: str | None = None,
+        timeout: float = 60.0,
+    ) -> Any:
+        """POST the request to the endpoint (or to one deployment via the header); the
+        decoded JSON response. Raises WorkspaceError with the status and body on HTTP errors."""
+        ...

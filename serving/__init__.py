@@ -1,0 +1,1 @@
+"""Serving: the Azure ML style scoring script and the deployment server process."""
