@@ -28,8 +28,8 @@ def summary_lines(result: PipelineResult, answers: list[tuple[str, str, bool]]) 
         f" -> {_num(metrics.get('eval_loss'))} in {_num(metrics.get('train_seconds'), '{:.0f}')} s"
         f" ({_num(metrics.get('real_tokens_per_second'), '{:,.0f}')} tokens/s, "
         f"{metrics.get('precision')} on {metrics.get('device')})",
-        f"  registry  {result.model.name} version {result.model.version}"
-        f"{'' if result.model.created else ' (already registered)'}",
+        f"  registry  {result.registration.model.name} version {result.registration.model.version}"
+        f"{'' if result.registration.created else ' (already registered)'}",
         f"  job       {result.training.job_dir}",
     ]
     if answers:

@@ -14,10 +14,9 @@ from typing import Any
 from prefect import flow
 
 from finetune_phi.settings import load_profile
-from finetune_phi.tracking import ModelVersionRef
 from tasks.base_model import ensure_base_model
 from tasks.dataset import PreparedDataset, prepare_dataset_task
-from tasks.registry import register_model
+from tasks.registry import Registration, register_model
 from tasks.training import TrainingResult, train_model
 
 
@@ -26,7 +25,7 @@ class PipelineResult:
     profile: str
     dataset: PreparedDataset
     training: TrainingResult
-    model: ModelVersionRef
+    registration: Registration
 
 
 @flow(name="finetune-phi", log_prints=True)
@@ -44,5 +43,5 @@ def finetune_pipeline(
     base_model = ensure_base_model(settings)
     dataset = prepare_dataset_task(settings, base_model)
     training = train_model(settings, base_model, dataset)
-    model = register_model(settings, dataset, training)
-    return PipelineResult(settings.name, dataset, training, model)
+    registration = register_model(settings, dataset, training)
+    return PipelineResult(settings.name, dataset, training, registration)

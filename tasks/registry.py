@@ -1,23 +1,29 @@
-"""Stage: register the trained model with its lineage (MLflow model registry on sqlite)."""
+"""Stage: register the trained model with its lineage in the workspace's registry."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 from prefect import get_run_logger, runtime, task
 
+from backends import open_workspace
+from backends.workspace import ModelVersion
 from finetune_phi.lineage import git_commit
 from finetune_phi.settings import REPO_ROOT, Profile
-from finetune_phi.state import StateLayout
-from finetune_phi.tracking import ModelVersionRef, register_model_version
 from tasks.dataset import PreparedDataset
-from tasks.training import EXPERIMENT, TrainingResult
+from tasks.training import TrainingResult
+
+
+@dataclass(frozen=True)
+class Registration:
+    model: ModelVersion
+    created: bool  # False when this job's version was already registered (a re-run)
 
 
 def lineage_tags(
     profile: Profile, dataset: PreparedDataset, training: TrainingResult, flow_run_id: str
 ) -> dict[str, str]:
-    """Everything needed to tell how a version was made; values are strings (MLflow tags)."""
+    """Everything needed to tell how a version was made; values are strings (registry tags)."""
     metrics = training.metrics
 
     def number(key: str) -> str:
@@ -32,6 +38,7 @@ def lineage_tags(
         "eval_loss": number("eval_loss"),
         "eval_loss_before": number("eval_loss_before"),
         "job_id": training.job_name,
+        "mlflow_run_id": str(metrics.get("mlflow_run_id") or ""),
         "flow_run_id": flow_run_id,
         "git_commit": git_commit(REPO_ROOT),
         "profile": profile.name,
@@ -41,18 +48,18 @@ def lineage_tags(
 @task(name="register-model", retries=2, retry_delay_seconds=5)
 def register_model(
     profile: Profile, dataset: PreparedDataset, training: TrainingResult
-) -> ModelVersionRef:
+) -> Registration:
     logger = get_run_logger()
-    flow_run_id = str(runtime.flow_run.id or "")
-    ref = register_model_version(
-        StateLayout(profile.state_dir),
-        profile.model.registered_name,
-        Path(training.model_dir),
-        run_id=training.metrics.get("mlflow_run_id"),
+    workspace = open_workspace(profile)
+    name = profile.model.registered_name
+    before = {v.version for v in workspace.list_model_versions(name)}
+    version = workspace.register_model(
+        name,
+        training.model_dir,
+        tags=lineage_tags(profile, dataset, training, str(runtime.flow_run.id or "")),
         job_name=training.job_name,
-        tags=lineage_tags(profile, dataset, training, flow_run_id),
-        experiment=EXPERIMENT,
     )
-    verb = "registered" if ref.created else "already registered as"
-    logger.info("%s %s version %s", verb, ref.name, ref.version)
-    return ref
+    created = version.version not in before
+    verb = "registered" if created else "already registered as"
+    logger.info("%s %s version %s", verb, name, version.version)
+    return Registration(version, created)

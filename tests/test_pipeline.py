@@ -88,11 +88,12 @@ def test_flow_trains_registers_and_a_rerun_converges(
     metrics = result.training.metrics
     assert metrics["global_step"] == 6
     assert metrics["eval_loss"] < metrics["eval_loss_before"]
-    assert result.model.created and result.model.version == "1"
+    assert result.registration.created and result.registration.model.version == "1"
     assert (Path(result.training.model_dir) / "MLmodel").is_file()
 
     layout = StateLayout(Path(tmp_path / "state"))
-    version = client(layout).get_model_version(result.model.name, result.model.version)
+    model = result.registration.model
+    version = client(layout).get_model_version(model.name, model.version)
     assert version.tags["dataset_sha256"] == result.dataset.sha256
     assert version.tags["job_id"] == result.training.job_name
     assert version.tags["flow_run_id"]  # set by Prefect's runtime
@@ -103,12 +104,12 @@ def test_flow_trains_registers_and_a_rerun_converges(
     again = finetune_pipeline(profile=profile_file)
     assert again.dataset.directory == result.dataset.directory
     assert again.training.job_name == result.training.job_name
-    assert again.model.version == "1" and not again.model.created
+    assert again.registration.model.version == "1" and not again.registration.created
     log = (Path(result.training.job_dir) / "train.log").read_text()
-    assert log.count("already holds a model") == 1, log[-2000:]
+    assert log.count("--- attempt") == 1, log[-2000:]  # re-attached, not started again
 
     # A changed hyperparameter is a new job and a new version.
     changed = finetune_pipeline(profile=profile_file, overrides={"training": {"seed": 1}})
     assert changed.training.job_name != result.training.job_name
-    assert changed.model.version == "2"
+    assert changed.registration.model.version == "2"
     assert json.loads((Path(changed.training.job_dir) / "output/metrics.json").read_text())
