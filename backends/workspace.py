@@ -263,7 +263,11 @@ class Workspace(Protocol):
 
     # scoring
     def invoke(
-        self, endpoint: str, request: Mapping[str, Any], *, deployment: str | None = None,
+        self,
+        endpoint: str,
+        request: Mapping[str, Any],
+        *,
+        deployment: str | None = None,
         timeout: float = 60.0,
     ) -> Any:
         """POST the request to the endpoint (or to one deployment via the header); the

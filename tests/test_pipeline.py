@@ -96,6 +96,8 @@ def test_flow_trains_registers_and_a_rerun_converges(
     version = client(layout).get_model_version(model.name, model.version)
     assert version.tags["dataset_sha256"] == result.dataset.sha256
     assert version.tags["job_id"] == result.training.job_name
+    # The registry's copy of the files lives in the state folder, nowhere else.
+    assert version.source.startswith(layout.mlflow_artifacts_dir.as_uri())
     assert version.tags["flow_run_id"]  # set by Prefect's runtime
     assert float(version.tags["eval_loss"]) == pytest.approx(metrics["eval_loss"], rel=1e-5)
 

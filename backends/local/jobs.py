@@ -30,6 +30,7 @@ import yaml
 from backends.local.launcher import EXIT_FILE
 from backends.workspace import JobRecord, JobStatus, NotFound, TrainingJobSpec
 from finetune_phi.state import StateLayout
+from finetune_phi.tracking import ensure_experiment
 
 RECORD_FILE = "job.json"
 CONFIG_FILE = "config.yaml"
@@ -167,6 +168,9 @@ class LocalJobs:
         else:
             attempt = 1
         job_dir.mkdir(parents=True, exist_ok=True)
+        # Created here, with its artifacts in the state folder: if the trainer created it,
+        # MLflow would put the artifacts in ./mlruns of whatever directory it runs in.
+        ensure_experiment(self.layout, spec.experiment)
         for stale in (EXIT_FILE, CANCEL_MARKER):
             (job_dir / stale).unlink(missing_ok=True)
         (job_dir / CONFIG_FILE).write_text(
