@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from finetune_phi.chat_data.config import DataSettings
 from finetune_phi.config_base import StrictModel
@@ -96,6 +96,54 @@ class EndpointSettings(StrictModel):
     )
 
 
+class RolloutSettings(StrictModel):
+    """How a new model version reaches live traffic (blue-green, see finetune_phi.rollout)."""
+
+    traffic_steps: tuple[int, ...] = Field(
+        default=(10, 50, 100),
+        min_length=1,
+        description="Percent of live traffic on the new deployment at each step; increasing, "
+        "ending at 100.",
+    )
+    mirror_percent: int = Field(
+        default=0,
+        ge=0,
+        le=50,
+        description="Before any live traffic, copy this percent of requests to the new "
+        "deployment (responses discarded); 0 skips the mirror phase. Azure caps it at 50.",
+    )
+    mirror_requests: int = Field(
+        default=20, ge=1, description="Requests sent through the endpoint during the mirror phase."
+    )
+    requests_per_step: int = Field(
+        default=10, ge=1, description="Probe requests through the endpoint after each step."
+    )
+    max_error_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Highest share of failed probe requests a step may have before rollback.",
+    )
+    keep_previous: bool = Field(
+        default=False,
+        description="Keep the previous deployment (at 0%) after success, for instant rollback.",
+    )
+    readiness_timeout_seconds: int = Field(
+        default=600, ge=1, description="How long a new deployment may take to become ready."
+    )
+
+    @field_validator("traffic_steps")
+    @classmethod
+    def _steps_increase_to_100(cls, steps: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not 0 < step <= 100 for step in steps):
+            raise ValueError("each step is a percent between 1 and 100")
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError("steps must increase")
+        if steps[-1] != 100:
+            raise ValueError("the last step must be 100")
+        return steps
+
+
 class Profile(StrictModel):
     """One validated profile: everything a run of the pipeline needs to know."""
 
@@ -115,6 +163,7 @@ class Profile(StrictModel):
         default_factory=RunOptions, description="Trainer run options (checkpoints, logging)."
     )
     endpoint: EndpointSettings = Field(default_factory=EndpointSettings)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
 
 
 def profile_path(name_or_path: str) -> Path:

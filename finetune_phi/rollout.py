@@ -1,0 +1,283 @@
+"""Blue-green rollout: a pure plan, then a thin executor that undoes everything on failure.
+
+    plan_rollout(traffic, deployments, model, settings) -> RolloutPlan      (pure)
+    execute_rollout(workspace, endpoint, model, plan, settings, probe)     (side effects)
+
+The new model goes to the colour that is not live, at 0%; it must become ready and answer a
+direct request (the `azureml-model-deployment` header) before it sees any live traffic; an
+optional mirror phase copies requests to it; then traffic shifts in steps, each read back and
+followed by probe requests. Any failure restores the traffic and mirror maps exactly as they
+were, removes the new deployment and raises `RolloutFailed` with the reason.
+
+Rollback is explicit code here rather than Prefect transaction hooks: hooks only undo tasks
+that completed, and a retried step would run again against an endpoint already half changed.
+The Prefect task that calls this has no retries for the same reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from backends.workspace import (
+    CHALLENGER,
+    CHAMPION,
+    DeploymentSpec,
+    ModelVersion,
+    TrafficState,
+    Workspace,
+    WorkspaceError,
+)
+from finetune_phi.settings import RolloutSettings
+
+COLOURS = ("blue", "green")
+
+# What a rollout asks a new deployment: the tutorial's request shape, greedy and short.
+DEFAULT_PROBE: dict[str, Any] = {
+    "input_data": ["Who founded Microsoft?"],
+    "params": {"max_new_tokens": 32, "do_sample": False, "return_full_text": False},
+}
+
+
+class RolloutPlanError(ValueError):
+    """The endpoint is in a state no plan can start from (e.g. blue and green both live)."""
+
+
+class RolloutFailed(RuntimeError):
+    """The rollout was undone; the message says at which step and why."""
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    model: str  # "<name>:<version>"
+    new_deployment: str | None  # None: nothing to do, the model already has all traffic
+    previous: Mapping[str, int]  # live traffic before the rollout
+    mirror_percent: int
+    traffic_steps: tuple[Mapping[str, int], ...]
+    retire: tuple[str, ...]  # deployments deleted after success
+    reason: str = ""
+
+    def describe(self) -> list[str]:
+        if self.new_deployment is None:
+            return [f"nothing to do: {self.reason}"]
+        lines = [f"deploy {self.model} as {self.new_deployment!r} at 0%"]
+        lines.append(f"test {self.new_deployment!r} directly")
+        if self.mirror_percent:
+            lines.append(f"mirror {self.mirror_percent}% of requests to {self.new_deployment!r}")
+        lines += [f"traffic -> {dict(step)}" for step in self.traffic_steps]
+        lines += [f"retire {name!r}" for name in self.retire]
+        return lines
+
+
+def split_remainder(weights: Mapping[str, int], total: int) -> dict[str, int]:
+    """Share `total` percent among `weights` proportionally, in integers summing to `total`
+    (largest remainder; ties broken by name so the result is deterministic)."""
+    if total == 0 or not weights:
+        return {name: 0 for name in weights}
+    whole = sum(weights.values())
+    exact = {name: total * w / whole for name, w in weights.items()}
+    shares = {name: int(value) for name, value in exact.items()}
+    left = total - sum(shares.values())
+    order = sorted(exact, key=lambda n: (-(exact[n] - shares[n]), n))
+    for name in order[:left]:
+        shares[name] += 1
+    return shares
+
+
+def plan_rollout(
+    current: TrafficState,
+    deployments: Mapping[str, str],
+    model: str,
+    settings: RolloutSettings,
+) -> RolloutPlan:
+    """The steps that move all live traffic to `model`.
+
+    Args:
+        current: the endpoint's traffic and mirror maps now.
+        deployments: every deployment of the endpoint -> the model it serves ("name:version").
+        model: the model version to roll out ("name:version").
+        settings: steps, mirror and retirement choices.
+    """
+    live = current.live
+    previous = dict(live)
+    serving_model = [name for name in live if deployments.get(name) == model]
+    if serving_model and live.get(serving_model[0]) == 100:
+        return RolloutPlan(
+            model, None, previous, 0, (), (), reason=f"{serving_model[0]!r} serves it at 100%"
+        )
+    free = [colour for colour in COLOURS if colour not in live]
+    if not free:
+        raise RolloutPlanError(
+            f"traffic is split across {sorted(live)}: finish or undo that rollout first"
+        )
+    new = free[0]
+    steps: list[dict[str, int]] = []
+    for percent in settings.traffic_steps if live else (100,):
+        step = {new: percent, **split_remainder(live, 100 - percent)}
+        steps.append(step)
+    mirror = settings.mirror_percent if live else 0  # mirroring needs live traffic to copy
+    keep = set(live) if settings.keep_previous else set()
+    retire = tuple(sorted(name for name in deployments if name != new and name not in keep))
+    return RolloutPlan(model, new, previous, mirror, tuple(steps), retire)
+
+
+# --------------------------------------------------------------------------- execution
+
+
+@dataclass
+class RolloutReport:
+    plan: RolloutPlan
+    events: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    final_traffic: Mapping[str, int] = field(default_factory=dict)
+
+
+def _check_answer(response: Any) -> None:
+    """A probe answer must be the tutorial's shape: a list with one non-empty string."""
+    if not (isinstance(response, list) and len(response) == 1 and isinstance(response[0], str)):
+        raise WorkspaceError(f"unexpected response shape: {str(response)[:200]}")
+    if not response[0].strip():
+        raise WorkspaceError("empty answer")
+
+
+def _wait_ready(workspace: Workspace, endpoint: str, name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = workspace.get_deployment(endpoint, name)
+        if info is not None and info.ready:
+            return
+        if info is not None and info.provisioning_state == "Failed":
+            raise WorkspaceError(f"deployment {name!r} failed to provision")
+        if time.monotonic() > deadline:
+            raise WorkspaceError(f"deployment {name!r} not ready after {timeout:.0f} s")
+        time.sleep(1.0)
+
+
+def _probe(
+    workspace: Workspace,
+    endpoint: str,
+    probe: Mapping[str, Any],
+    count: int,
+    deployment: str | None = None,
+) -> tuple[int, str | None]:
+    """Send `count` probe requests; the number that failed and the first failure's reason."""
+    failures, first = 0, None
+    for _ in range(count):
+        try:
+            _check_answer(workspace.invoke(endpoint, probe, deployment=deployment))
+        except WorkspaceError as exc:
+            failures += 1
+            first = first or str(exc)
+    return failures, first
+
+
+def execute_rollout(
+    workspace: Workspace,
+    endpoint: str,
+    model: ModelVersion,
+    plan: RolloutPlan,
+    settings: RolloutSettings,
+    *,
+    probe: Mapping[str, Any] = DEFAULT_PROBE,
+    log: Callable[[str], None] = print,
+) -> RolloutReport:
+    """Carry out `plan`; on any failure restore the endpoint exactly and raise RolloutFailed."""
+    report = RolloutReport(plan)
+    started = time.monotonic()
+
+    def event(message: str) -> None:
+        report.events.append(message)
+        log(message)
+
+    original = workspace.get_traffic(endpoint)
+    new = plan.new_deployment
+    if new is None:
+        event(f"rollout: nothing to do ({plan.reason})")
+        report.final_traffic = dict(original.traffic)
+        return report
+
+    stage = "create"
+    try:
+        event(f"rollout: creating deployment {new!r} with {plan.model} at 0%")
+        workspace.create_or_update_deployment(DeploymentSpec(endpoint, new, model))
+        workspace.set_model_alias(model.name, CHALLENGER, model.version)
+        stage = "readiness"
+        _wait_ready(workspace, endpoint, new, settings.readiness_timeout_seconds)
+        stage = "direct test"
+        failures, why = _probe(workspace, endpoint, probe, 1, deployment=new)
+        if failures:
+            raise WorkspaceError(f"direct request to {new!r} failed: {why}")
+        event(f"rollout: {new!r} is ready and answers directly")
+
+        if plan.mirror_percent:
+            stage = "mirror"
+            mirrored = TrafficState(dict(original.traffic), {new: plan.mirror_percent})
+            workspace.set_traffic(endpoint, mirrored)
+            failures, why = _probe(workspace, endpoint, probe, settings.mirror_requests)
+            # Mirrored answers are discarded: ask the new deployment itself how it is doing.
+            new_failures, new_why = _probe(workspace, endpoint, probe, 1, deployment=new)
+            if failures or new_failures:
+                raise WorkspaceError(f"mirror phase: {why or new_why}")
+            event(
+                f"rollout: mirrored {plan.mirror_percent}% of {settings.mirror_requests} requests"
+            )
+
+        for step in plan.traffic_steps:
+            stage = f"traffic {dict(step)}"
+            applied = workspace.set_traffic(endpoint, TrafficState(dict(step), {}))
+            if applied.live != {k: v for k, v in step.items() if v > 0}:
+                raise WorkspaceError(f"traffic read back as {dict(applied.traffic)}")
+            failures, why = _probe(workspace, endpoint, probe, settings.requests_per_step)
+            new_failures, new_why = _probe(workspace, endpoint, probe, 1, deployment=new)
+            rate = (failures + new_failures) / (settings.requests_per_step + 1)
+            if rate > settings.max_error_rate:
+                raise WorkspaceError(f"error rate {rate:.0%} at {dict(step)}: {why or new_why}")
+            event(f"rollout: traffic {dict(step)}, {failures + new_failures} probe errors")
+    except Exception as exc:
+        _undo(workspace, endpoint, model, new, original, event)
+        raise RolloutFailed(
+            f"rollout of {plan.model} failed at {stage}: {exc}; traffic restored to "
+            f"{dict(original.traffic)}, deployment {new!r} removed"
+        ) from exc
+
+    previous_champion = workspace.get_model_by_alias(model.name, CHAMPION)
+    workspace.set_model_alias(model.name, CHAMPION, model.version)
+    workspace.delete_model_alias(model.name, CHALLENGER)
+    if previous_champion is not None and previous_champion.version != model.version:
+        event(f"rollout: champion {previous_champion.version} -> {model.version}")
+    for name in plan.retire:
+        workspace.delete_deployment(endpoint, name)
+        event(f"rollout: retired {name!r}")
+    report.final_traffic = dict(workspace.get_traffic(endpoint).traffic)
+    report.seconds = time.monotonic() - started
+    event(f"rollout: done in {report.seconds:.1f} s, traffic {dict(report.final_traffic)}")
+    return report
+
+
+def _undo(
+    workspace: Workspace,
+    endpoint: str,
+    model: ModelVersion,
+    new: str,
+    original: TrafficState,
+    event: Callable[[str], None],
+) -> None:
+    """Put traffic and mirror back exactly, then remove the new deployment; best effort on
+    each part so one failure does not stop the others."""
+    try:
+        workspace.set_traffic(endpoint, original)
+        event(f"rollback: traffic restored to {dict(original.traffic)}")
+    except Exception as exc:  # keep undoing: the deployment must still go
+        event(f"rollback: could not restore traffic: {exc}")
+    try:
+        if workspace.get_deployment(endpoint, new) is not None:
+            workspace.delete_deployment(endpoint, new)
+            event(f"rollback: removed deployment {new!r}")
+    except Exception as exc:
+        event(f"rollback: could not remove {new!r}: {exc}")
+    try:
+        workspace.delete_model_alias(model.name, CHALLENGER)
+    except Exception as exc:
+        event(f"rollback: could not clear the {CHALLENGER} alias: {exc}")
