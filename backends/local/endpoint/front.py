@@ -1,0 +1,371 @@
+"""The endpoint front: what an Azure managed online endpoint's router does, on loopback.
+
+    python -m backends.local.endpoint.front --state-dir DIR --endpoint NAME --port PORT
+
+One process per endpoint (started detached by the control plane). It checks the key, picks a
+deployment (the `azureml-model-deployment` header, else a weighted draw over the traffic map),
+proxies the request to that deployment's server process, and copies a share of requests to the
+mirror deployment in the background. Routes:
+
+- `POST /score` (key): 200/4xx/5xx as the deployment answered; 401 no or wrong key; 404 the
+  header names no deployment; 503 no deployment has traffic; 502 the deployment cannot be
+  reached; 504 it did not answer in time. Every proxied response carries
+  `azureml-model-deployment: <who answered>` and `x-request-id`.
+- `GET /health` (no key): `{"status": "ok", "endpoint", "revision", "deployments", "traffic",
+  "mirror_traffic"}`; the control plane reads `revision` back to confirm a change applied.
+- `GET /metrics` (no key): per-deployment counts of requests, errors and latency since start.
+
+The front never writes state. It re-reads `endpoint.json` and `keys.json` when their stat
+changes (checked on every request: two `stat` calls), so the control plane changes traffic or
+rotates a key by writing the files; a restarted front reads the same files and serves the same
+way. Request bodies and keys are never logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import random
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from backends.local.endpoint.rules import pick_deployment, should_mirror
+from backends.local.endpoint.state import EndpointRecord, EndpointStore
+from backends.workspace import DEPLOYMENT_HEADER, EndpointKeys
+
+log = logging.getLogger("backends.local.endpoint.front")
+
+REQUEST_ID_HEADER = "x-request-id"
+MAX_MIRRORS_IN_FLIGHT = 64  # beyond this, mirror copies are dropped (and counted), not queued
+DEFAULT_UPSTREAM_TIMEOUT = 180.0  # Azure's request_timeout_ms tops out at 180 s
+
+
+@dataclass
+class Counters:
+    """What one deployment saw through this front since it started."""
+
+    requests: int = 0  # live and header-routed requests proxied to it
+    errors: int = 0  # of those, 5xx answers and unreachable/timeouts (what a rollout watches)
+    client_errors: int = 0  # of those, 4xx answers
+    latency_ms_total: float = 0.0
+    mirrored: int = 0  # mirror copies sent to it
+    mirror_errors: int = 0  # mirror copies that failed (5xx or unreachable); never seen by users
+    mirror_dropped: int = 0  # mirror copies skipped because too many were in flight
+
+
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class Front:
+    """The front's state: the endpoint record and keys it serves, the upstream client, the
+    counters. Reloaded lazily from the files whenever their stat changes."""
+
+    def __init__(
+        self,
+        store: EndpointStore,
+        *,
+        upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.upstream_timeout = upstream_timeout
+        self.rng = rng or random.Random()
+        self.record: EndpointRecord | None = None
+        self.keys: EndpointKeys | None = None
+        self._seen: tuple[Any, Any] = (None, None)
+        self.counters: dict[str, Counters] = {}
+        self.started_at = time.time()
+        self.client: httpx.AsyncClient | None = None
+        self._mirrors: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ state
+
+    def refresh(self) -> None:
+        """Re-read the state and keys files if either changed since the last look."""
+        seen = (_stat_key(self.store.state_file), _stat_key(self.store.keys_file))
+        if seen == self._seen:
+            return
+        try:
+            record = self.store.read_or_none()
+            keys = self.store.read_keys() if seen[1] is not None else None
+        except Exception as exc:  # keep serving the last good state; say why once per change
+            log.error("could not reload endpoint state: %s", type(exc).__name__)
+            self._seen = seen
+            return
+        if record is not None and (self.record is None or record.revision != self.record.revision):
+            log.info(
+                "serving revision %d: traffic=%s mirror=%s",
+                record.revision,
+                record.traffic,
+                record.mirror_traffic,
+            )
+        self.record, self.keys, self._seen = record, keys, seen
+
+    def routable(self) -> dict[str, int]:
+        """Deployment name -> port for deployments the front may send requests to."""
+        if self.record is None:
+            return {}
+        return {
+            name: d.port
+            for name, d in self.record.deployments.items()
+            if d.port is not None and d.provisioning_state != "Deleting"
+        }
+
+    def authorized(self, header: str | None) -> str | None:
+        """None if the Authorization header carries a valid key, else why not (no secrets)."""
+        if not header:
+            return "missing Authorization header"
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return "Authorization must be 'Bearer <key>'"
+        if self.keys is None:
+            return "the endpoint has no keys"
+        given = token.strip().encode()
+        # Compare against both keys every time: the time taken says nothing about which matched.
+        ok_primary = hmac.compare_digest(given, self.keys.primary.encode())
+        ok_secondary = hmac.compare_digest(given, self.keys.secondary.encode())
+        return None if (ok_primary or ok_secondary) else "invalid key"
+
+    @property
+    def mirrors_in_flight(self) -> int:
+        return len(self._mirrors)
+
+    def counter(self, name: str) -> Counters:
+        return self.counters.setdefault(name, Counters())
+
+    # ------------------------------------------------------------------ upstream
+
+    async def forward(
+        self, name: str, port: int, body: bytes, headers: dict[str, str]
+    ) -> httpx.Response:
+        assert self.client is not None, "the front's client is made in the app's lifespan"
+        return await self.client.post(
+            f"http://127.0.0.1:{port}/score", content=body, headers=headers
+        )
+
+    def mirror(self, name: str, port: int, body: bytes, headers: dict[str, str]) -> None:
+        """Send a copy to the mirror deployment in the background; its answer is discarded."""
+        counters = self.counter(name)
+        if len(self._mirrors) >= MAX_MIRRORS_IN_FLIGHT:
+            counters.mirror_dropped += 1
+            return
+        counters.mirrored += 1
+
+        async def shadow() -> None:
+            try:
+                response = await self.forward(name, port, body, headers)
+                if response.status_code >= 500:
+                    counters.mirror_errors += 1
+            except Exception:  # a mirror never fails anything but itself
+                counters.mirror_errors += 1
+
+        task = asyncio.get_running_loop().create_task(shadow())
+        self._mirrors.add(task)
+        task.add_done_callback(self._mirrors.discard)
+
+    async def close(self) -> None:
+        for task in list(self._mirrors):
+            task.cancel()
+        if self.client is not None:
+            await self.client.aclose()
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def create_app(front: Front) -> Starlette:
+    """The front's Starlette app around `front` (tests can build one in-process)."""
+
+    async def score(request: Request) -> Response:
+        started = time.perf_counter()
+        front.refresh()
+        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        base_headers = {REQUEST_ID_HEADER: request_id}
+        why = front.authorized(request.headers.get("authorization"))
+        if why is not None:
+            log.info("score rid=%s status=401 reason=%r", request_id, why)
+            return _error(401, why, {**base_headers, "WWW-Authenticate": "Bearer"})
+
+        ports = front.routable()
+        wanted = request.headers.get(DEPLOYMENT_HEADER)
+        mirror_to: str | None = None
+        if wanted:
+            route = "header"
+            if wanted not in ports:
+                log.info("score rid=%s route=header status=404 deployment=%r", request_id, wanted)
+                return _error(404, f"no deployment named {wanted!r} on this endpoint", base_headers)
+            target = wanted
+        else:
+            route = "traffic"
+            record = front.record
+            picked = pick_deployment(record.traffic, front.rng) if record else None
+            if picked is None or picked not in ports:
+                log.info("score rid=%s route=traffic status=503 no live traffic", request_id)
+                return _error(503, "no deployment has traffic", base_headers)
+            target = picked
+            if record is not None:
+                mirror_to = should_mirror(record.mirror_traffic, front.rng)
+
+        body = await request.body()
+        upstream_headers = {
+            "content-type": request.headers.get("content-type", "application/json"),
+            REQUEST_ID_HEADER: request_id,
+        }
+        if mirror_to is not None and mirror_to != target and mirror_to in ports:
+            front.mirror(mirror_to, ports[mirror_to], body, upstream_headers)
+
+        counters = front.counter(target)
+        counters.requests += 1
+        reply_headers = {**base_headers, DEPLOYMENT_HEADER: target}
+        try:
+            upstream = await front.forward(target, ports[target], body, upstream_headers)
+        except httpx.TimeoutException:
+            status = 504
+            response: Response = _error(
+                504, f"deployment {target!r} did not answer in time", reply_headers
+            )
+        except httpx.TransportError as exc:
+            status = 502
+            response = _error(
+                502,
+                f"deployment {target!r} is unreachable ({type(exc).__name__})",
+                reply_headers,
+            )
+        else:
+            status = upstream.status_code
+            content_type = upstream.headers.get("content-type")
+            if content_type:
+                reply_headers["content-type"] = content_type
+            response = Response(upstream.content, status_code=status, headers=reply_headers)
+        latency_ms = (time.perf_counter() - started) * 1000
+        counters.latency_ms_total += latency_ms
+        if status >= 500:
+            counters.errors += 1
+        elif status >= 400:
+            counters.client_errors += 1
+        log.info(
+            "score rid=%s route=%s deployment=%s status=%d latency_ms=%.1f%s",
+            request_id,
+            route,
+            target,
+            status,
+            latency_ms,
+            f" mirror={mirror_to}" if mirror_to else "",
+        )
+        return response
+
+    async def health(request: Request) -> Response:
+        front.refresh()
+        record = front.record
+        if record is None:
+            return _error(503, "the endpoint has no state")
+        return JSONResponse(
+            {
+                "status": "ok",
+                "endpoint": record.name,
+                "revision": record.revision,
+                "deployments": sorted(front.routable()),
+                "traffic": record.traffic,
+                "mirror_traffic": record.mirror_traffic,
+            }
+        )
+
+    async def metrics(request: Request) -> Response:
+        front.refresh()
+        record = front.record
+        return JSONResponse(
+            {
+                "endpoint": record.name if record else front.store.endpoint,
+                "revision": record.revision if record else None,
+                "started_at": front.started_at,  # counters start at 0 when the front restarts
+                "mirrors_in_flight": front.mirrors_in_flight,
+                "deployments": {name: asdict(c) for name, c in sorted(front.counters.items())},
+            }
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        front.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(front.upstream_timeout, connect=5.0),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            trust_env=False,  # loopback only: never through a proxy from the environment
+        )
+        front.refresh()
+        try:
+            yield
+        finally:
+            await front.close()
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _error(404, f"no route {request.url.path}")
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        return _error(405, f"{request.method} is not allowed on {request.url.path}")
+
+    return Starlette(
+        routes=[
+            Route("/score", score, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 405: not_allowed},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backends.local.endpoint.front")
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--upstream-timeout", type=float, default=DEFAULT_UPSTREAM_TIMEOUT)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s front[%(process)d] %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
+    store = EndpointStore(args.state_dir, args.endpoint)
+    if not store.exists():
+        log.error("no endpoint state at %s", store.state_file)
+        return 2
+    front = Front(store, upstream_timeout=args.upstream_timeout)
+    log.info("endpoint %s: front on http://%s:%d", args.endpoint, args.host, args.port)
+    config = uvicorn.Config(
+        create_app(front),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,  # one line per request is logged above, without bodies or keys
+        timeout_graceful_shutdown=5,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
