@@ -1,0 +1,340 @@
+"""One deployment's server process: the scoring script behind HTTP on loopback.
+
+    python -m serving.server --model-dir DIR --port PORT [--host 127.0.0.1] [--name NAME]
+
+It plays the part Azure's inference server (azmlinfsrv) plays in a managed online deployment:
+load the scoring script's model once (`score.init()`, in a background thread so the probes
+answer while it loads), then hand each request body to `score.run()`.
+
+    GET  /liveness   200 as soon as the process serves HTTP
+    GET  /readiness  503 while init() runs, 200 once it finished, 500 with the error if it failed
+    POST /score      the answer (200); 400 {"error"} on a bad request or invalid JSON; 413 on a
+                     body over 1 MiB; 503 {"error"} before the model is ready or if it failed to
+                     load; 500 {"error"} on any other failure (no traceback: that goes to the log)
+    GET  /           200 {"name", "model_dir", "status", "ready", "error", "init_seconds"}
+
+Generation is serialized (one model, CPU): requests queue on an asyncio lock, not on threads.
+Each request is logged to stdout as one line (method, path, status, latency); bodies never
+are. SIGTERM and SIGINT stop it gracefully: no new connections, in-flight requests finish
+(up to --graceful-timeout seconds), exit status 0. When the socket listens it prints
+`serving <name> on http://<host>:<port>`, which callers may wait for.
+
+It must not know about endpoints, keys or traffic: the endpoint front does that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, ModuleType
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.contract import BadRequest, error_body
+
+LOGGER = logging.getLogger("serving.server")
+
+MAX_BODY_BYTES = 1 << 20  # a request is at most 16 texts of 8,000 characters: 1 MiB is ample
+MAX_ERROR_CHARS = 1_000  # an error message in a response body; the log has the whole story
+# Test hook: init() waits until this file exists, so tests can observe "not ready" reliably.
+# Never set in real use.
+INIT_GATE_ENV = "FINETUNE_PHI_SERVING_INIT_GATE"
+
+
+@dataclass
+class ModelState:
+    """Where init() is: "loading", "ready" or "failed" (with the error). Written by the init
+    thread, read by request handlers; single attribute writes need no lock under the GIL."""
+
+    status: str = "loading"
+    error: str | None = None
+    seconds: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+
+@dataclass
+class ServerConfig:
+    model_dir: Path
+    name: str = "deployment"
+    # The scoring module (anything with init() and run(raw_data)); a seam for tests.
+    scorer: Any = None
+    state: ModelState = field(default_factory=ModelState)
+
+
+def _load_scorer() -> ModuleType:
+    from serving import score
+
+    return score
+
+
+def _init_model(config: ServerConfig) -> None:
+    """Run the scoring script's init() and record the outcome; runs in its own thread."""
+    started = time.monotonic()
+    try:
+        gate = os.environ.get(INIT_GATE_ENV)
+        if gate:
+            while not Path(gate).exists():
+                time.sleep(0.05)
+        if config.scorer is None:
+            config.scorer = _load_scorer()
+        config.scorer.init()
+    except BaseException as exc:  # even SystemExit: a silent init thread would hang readiness
+        LOGGER.exception("init() failed")
+        config.state.seconds = round(time.monotonic() - started, 3)
+        config.state.error = _describe(exc)
+        config.state.status = "failed"  # last: readers see a complete state once it changes
+    else:
+        config.state.seconds = round(time.monotonic() - started, 3)
+        config.state.status = "ready"
+        LOGGER.info("ready in %.1f s", config.state.seconds)
+
+
+def create_app(config: ServerConfig) -> Starlette:
+    """The ASGI app for one deployment. Sets AZUREML_MODEL_DIR and starts init() at start-up."""
+    generation_lock = asyncio.Lock()
+    state = config.state
+
+    async def liveness(request: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def readiness(request: Request) -> Response:
+        if state.status == "ready":
+            return JSONResponse({"status": "ready"})
+        if state.status == "failed":
+            return JSONResponse({"status": "failed", "error": state.error}, status_code=500)
+        return JSONResponse({"status": "loading"}, status_code=503)
+
+    async def info(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "name": config.name,
+                "model_dir": str(config.model_dir),
+                "status": state.status,
+                "ready": state.ready,
+                "error": state.error,
+                "init_seconds": state.seconds,
+            }
+        )
+
+    async def score(request: Request) -> Response:
+        if not state.ready:
+            why = f"failed to load: {state.error}" if state.status == "failed" else "loading"
+            return _error(503, f"the model is not ready ({why})")
+        body = await _read_body(request)
+        if body is None:
+            return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return _error(400, f"request body is not UTF-8: {exc}")
+        try:
+            async with generation_lock:
+                result = await asyncio.to_thread(config.scorer.run, text)
+            return _to_response(result)  # inside: an unserializable answer is a 500 too
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        except Exception as exc:
+            LOGGER.exception("run() failed")
+            return _error(500, _describe(exc))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        os.environ["AZUREML_MODEL_DIR"] = str(config.model_dir)
+        threading.Thread(target=_init_model, args=(config,), name="score-init", daemon=True).start()
+        yield
+        LOGGER.info("stopped")
+
+    app = Starlette(
+        routes=[
+            Route("/", info, methods=["GET"]),
+            Route("/liveness", liveness, methods=["GET"]),
+            Route("/readiness", readiness, methods=["GET"]),
+            Route("/score", score, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.add_middleware(AccessLog, name=config.name)
+    return app
+
+
+class AccessLog:
+    """One stdout line per request: method, path (no query string), status, latency in ms.
+
+    Written as plain ASGI middleware so it sees the real status of every response; request
+    bodies are never read here, so prompts never reach the log.
+    """
+
+    def __init__(self, app: ASGIApp, name: str) -> None:
+        self.app = app
+        self.name = name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client sees if the app dies before answering
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            LOGGER.info(
+                "%s %s %s %d %.1fms",
+                self.name,
+                scope["method"],
+                scope["path"],
+                status,
+                elapsed_ms,
+            )
+
+
+async def _read_body(request: Request) -> bytes | None:
+    """The body, or None past MAX_BODY_BYTES (read no further: the cap is for memory)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _to_response(result: Any) -> Response:
+    """run()'s result as HTTP: an AMLResponse-like (flask) response keeps its status, body and
+    content type; anything else is JSON with 200."""
+    status = getattr(result, "status_code", None)
+    get_data = getattr(result, "get_data", None)
+    if isinstance(status, int) and callable(get_data):
+        media_type = getattr(result, "mimetype", None) or "application/json"
+        return Response(get_data(), status_code=status, media_type=media_type)
+    return JSONResponse(result)
+
+
+def _error(status: int, message: str) -> Response:
+    return JSONResponse(error_body(message[:MAX_ERROR_CHARS]), status_code=status)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a response body: the exception type and message, never a traceback."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.server",
+        description="Serve one deployment: the scoring script behind HTTP on loopback.",
+    )
+    parser.add_argument("--model-dir", required=True, type=Path, help="AZUREML_MODEL_DIR")
+    parser.add_argument("--port", required=True, type=_port, help="TCP port to listen on")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--name", default="deployment", help="deployment name, for the logs")
+    parser.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests get to finish on SIGTERM (default 30)",
+    )
+    return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 65535, got {port}")
+    return port
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen before the server starts, so a taken port fails at once, clearly."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO,
+        force=True,
+    )
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        print(f"cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    import uvicorn
+
+    config = ServerConfig(model_dir=args.model_dir.resolve(), name=args.name)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            access_log=False,  # AccessLog writes our own line, without query strings
+            log_config=None,  # keep logging.basicConfig's stdout handler
+            timeout_graceful_shutdown=args.graceful_timeout,
+            lifespan="on",
+        )
+    )
+    # uvicorn catches SIGTERM/SIGINT while serving (stop accepting, let in-flight requests
+    # finish, run the lifespan's shutdown), then raises the signal again once it has restored
+    # the handlers found here: these make that a clean exit, status 0, as a requested stop is.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _exit_cleanly)
+    print(f"serving {args.name} on http://{args.host}:{args.port}", flush=True)
+    server.run(sockets=[sock])
+    return 0
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
