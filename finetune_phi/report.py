@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from finetune_phi.settings import Profile
     from flows.finetune import PipelineResult
 
 SAMPLE_QUESTIONS = 3
@@ -19,8 +21,10 @@ def summary_lines(result: PipelineResult, answers: list[tuple[str, str, bool]]) 
     manifest = result.dataset.manifest
     counts = manifest.counts
     metrics = result.training.metrics
+    model = result.registration.model
+    endpoint = result.settings.endpoint.name
     lines = [
-        f"finetune-phi: profile {result.profile}",
+        f"finetune-phi: profile {result.settings.name}",
         f"  data      {counts.train} train / {counts.test} test conversations "
         f"({counts.invalid} invalid dropped), sha256 {manifest.dataset_sha256[:12]}",
         f"  training  {metrics.get('base_model')}: "
@@ -28,29 +32,48 @@ def summary_lines(result: PipelineResult, answers: list[tuple[str, str, bool]]) 
         f" -> {_num(metrics.get('eval_loss'))} in {_num(metrics.get('train_seconds'), '{:.0f}')} s"
         f" ({_num(metrics.get('real_tokens_per_second'), '{:,.0f}')} tokens/s, "
         f"{metrics.get('precision')} on {metrics.get('device')})",
-        f"  registry  {result.registration.model.name} version {result.registration.model.version}"
+        f"  registry  {model.name} version {model.version}"
         f"{'' if result.registration.created else ' (already registered)'}",
         f"  job       {result.training.job_dir}",
+        f"  endpoint  {endpoint}: traffic {dict(result.rollout.final_traffic)}"
+        + (f", rolled out in {result.rollout.seconds:.0f} s" if result.rollout.seconds else ""),
     ]
     if answers:
-        lines.append("  answers   (fine-tuned model, greedy)")
+        lines.append(f"  answers   (from the live endpoint {endpoint}, greedy)")
         for question, answer, ok in answers:
             lines.append(f"    [{'ok' if ok else '--'}] {question} -> {answer}")
     return lines
 
 
-def sample_answers(model_dir: str, count: int = SAMPLE_QUESTIONS) -> list[tuple[str, str, bool]]:
-    from finetune_phi.chat import load_chat_model
+def sample_answers(
+    ask: Callable[[str], str], count: int = SAMPLE_QUESTIONS
+) -> list[tuple[str, str, bool]]:
+    """Ask the first `count` fact probes; (question, answer, whether it is right)."""
     from finetune_phi.chat_data.synthetic import answer_matches, fact_probes
 
-    chat = load_chat_model(model_dir)
     answers = []
     for probe in fact_probes()[:count]:
-        answer = chat.ask(probe.question)
+        answer = ask(probe.question)
         answers.append((probe.question, answer, answer_matches(probe, answer)))
     return answers
 
 
+def endpoint_asker(profile: Profile) -> Callable[[str], str]:
+    """A question -> answer function that goes through the profile's live endpoint."""
+    from backends import open_workspace
+
+    workspace = open_workspace(profile)
+
+    def ask(question: str) -> str:
+        request = {
+            "messages": [{"role": "user", "content": question}],
+            "params": {"max_new_tokens": 48, "do_sample": False},
+        }
+        return str(workspace.invoke(profile.endpoint.name, request)["content"])
+
+    return ask
+
+
 def print_pipeline_summary(result: PipelineResult) -> None:
-    answers = sample_answers(result.training.model_dir)
+    answers = sample_answers(endpoint_asker(result.settings))
     print("\n".join(summary_lines(result, answers)))

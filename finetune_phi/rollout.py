@@ -135,11 +135,10 @@ class RolloutReport:
 
 
 def _check_answer(response: Any) -> None:
-    """A probe answer must be the tutorial's shape: a list with one non-empty string."""
+    """A probe answer must be the tutorial's shape: a list with one string. What it says is
+    the quality gate's business, not the rollout's (an undertrained model may say nothing)."""
     if not (isinstance(response, list) and len(response) == 1 and isinstance(response[0], str)):
         raise WorkspaceError(f"unexpected response shape: {str(response)[:200]}")
-    if not response[0].strip():
-        raise WorkspaceError("empty answer")
 
 
 def _wait_ready(workspace: Workspace, endpoint: str, name: str, timeout: float) -> None:

@@ -1,9 +1,9 @@
 """The fine-tuning pipeline as a Prefect flow: wiring only, no logic.
 
-    prepare dataset -> ensure base model -> train -> register
+    ensure base model -> prepare dataset -> train -> register -> blue-green rollout
 
-Later stages (quality gate, blue-green rollout, Prompt flow smoke test, report) plug in after
-registration. Run it with `finetune-phi demo`, or through a Prefect deployment.
+Later stages (quality gate, Prompt flow smoke test, report) plug in around the rollout.
+Run it with `finetune-phi demo`, or through a Prefect deployment (prefect.yaml).
 """
 
 from __future__ import annotations
@@ -13,19 +13,22 @@ from typing import Any
 
 from prefect import flow
 
-from finetune_phi.settings import load_profile
+from finetune_phi.rollout import RolloutReport
+from finetune_phi.settings import Profile, load_profile
 from tasks.base_model import ensure_base_model
 from tasks.dataset import PreparedDataset, prepare_dataset_task
 from tasks.registry import Registration, register_model
+from tasks.rollout import rollout_model
 from tasks.training import TrainingResult, train_model
 
 
 @dataclass(frozen=True)
 class PipelineResult:
-    profile: str
+    settings: Profile
     dataset: PreparedDataset
     training: TrainingResult
     registration: Registration
+    rollout: RolloutReport
 
 
 @flow(name="finetune-phi", log_prints=True)
@@ -44,4 +47,5 @@ def finetune_pipeline(
     dataset = prepare_dataset_task(settings, base_model)
     training = train_model(settings, base_model, dataset)
     registration = register_model(settings, dataset, training)
-    return PipelineResult(settings.name, dataset, training, registration)
+    rollout = rollout_model(settings, registration.model)
+    return PipelineResult(settings, dataset, training, registration, rollout)

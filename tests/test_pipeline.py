@@ -7,6 +7,7 @@ on a small synthetic dataset and the small tiny Phi-3, passed as a local base-mo
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 import yaml
 from prefect.logging import disable_run_logger
 
+from backends.local.workspace import LocalWorkspace
 from finetune_phi.settings import load_profile
 from finetune_phi.state import StateLayout
 from finetune_phi.tracking import client
@@ -77,8 +79,19 @@ def test_dataset_stage_is_content_addressed(tmp_path: Path, tiny_model_dir: Path
     assert [p.name for p in datasets.iterdir()] == [Path(first.directory).name]
 
 
-def test_flow_trains_registers_and_a_rerun_converges(
-    prefect_harness: None, tmp_path: Path, tiny_model_dir: Path
+@pytest.fixture
+def endpoint_cleanup(tmp_path: Path) -> Iterator[None]:
+    """The flow leaves its endpoint serving (that is the point); tests must not."""
+    yield
+    from backends.local.endpoint.control import LocalEndpoints
+
+    endpoints = LocalEndpoints(tmp_path / "state")
+    for name in endpoints.list_endpoints():
+        endpoints.delete_endpoint(name)
+
+
+def test_flow_trains_registers_deploys_and_a_rerun_converges(
+    prefect_harness: None, endpoint_cleanup: None, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     from flows.finetune import finetune_pipeline
 
@@ -100,6 +113,13 @@ def test_flow_trains_registers_and_a_rerun_converges(
     assert version.source.startswith(layout.mlflow_artifacts_dir.as_uri())
     assert version.tags["flow_run_id"]  # set by Prefect's runtime
     assert float(version.tags["eval_loss"]) == pytest.approx(metrics["eval_loss"], rel=1e-5)
+    # Deployed to the empty endpoint, answering the tutorial's request over HTTP.
+    assert result.rollout.final_traffic == {"blue": 100}
+    assert version.aliases == ["champion"]
+    answer = LocalWorkspace(layout.root).invoke(
+        "phi3-chat-local", {"input_data": ["Who founded Microsoft?"], "params": {}}
+    )
+    assert isinstance(answer, list) and answer[0].startswith("Who founded Microsoft?")
 
     # Same inputs again: the same dataset folder, the finished job is not retrained, and the
     # registry finds the version it made instead of adding one.
@@ -109,9 +129,11 @@ def test_flow_trains_registers_and_a_rerun_converges(
     assert again.registration.model.version == "1" and not again.registration.created
     log = (Path(result.training.job_dir) / "train.log").read_text()
     assert log.count("--- attempt") == 1, log[-2000:]  # re-attached, not started again
+    assert again.rollout.plan.new_deployment is None  # already live: nothing to roll out
 
     # A changed hyperparameter is a new job and a new version.
     changed = finetune_pipeline(profile=profile_file, overrides={"training": {"seed": 1}})
     assert changed.training.job_name != result.training.job_name
     assert changed.registration.model.version == "2"
+    assert changed.rollout.final_traffic == {"green": 100}  # blue-green: the other colour
     assert json.loads((Path(changed.training.job_dir) / "output/metrics.json").read_text())

@@ -178,18 +178,18 @@ def test_lora_is_merged_on_save_and_the_model_generates(
     assert changed_tensors(base_weights(tiny_model_dir), saved_weights(model_dir)) > 0
     assert metrics["hyperparameters"]["method"] == "lora"
 
-    from finetune_phi.chat import load_chat_model
+    # Loaded the way a deployment loads it (serving/score.py), and it generates.
+    from serving.contract import GenerationParams
+    from serving.score import Scorer
 
-    chat = load_chat_model(model_dir)
-    assert isinstance(chat.ask("Who founded Microsoft?", max_new_tokens=8), str)
-    prompt = chat.tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Who founded Microsoft?"}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
+    scorer = Scorer.load(model_dir)
+    question = [{"role": "user", "content": "Who founded Microsoft?"}]
+    assert isinstance(scorer.reply(question, GenerationParams(max_new_tokens=8)), str)
+    prompt = scorer.tokenizer.apply_chat_template(
+        question, add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
     # A few steps of LoRA cannot teach the answer yet; it must still generate tokens.
-    output = chat.model.generate(**prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    output = scorer.model.generate(**prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     assert output.shape[1] == prompt["input_ids"].shape[1] + 8
 
 
