@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from backends.workspace import WorkspaceError
 from finetune_phi import __version__
 from finetune_phi.settings import (
     ConfigError,
@@ -118,6 +119,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_endpoint(args: argparse.Namespace) -> int:
+    from finetune_phi.cli_endpoint import run_endpoint_command
+
+    return run_endpoint_command(args, _profile(args))
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -179,6 +186,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     prepare.add_argument("--output", type=Path, default=None, help="output folder")
     prepare.set_defaults(func=cmd_prepare_data)
+    from finetune_phi.cli_endpoint import add_endpoint_parser
+
+    add_endpoint_parser(commands, with_profile, cmd_endpoint)
     return parser
 
 
@@ -189,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"finetune-phi: {exc}", file=sys.stderr)
         return 2
+    except WorkspaceError as exc:  # a backend refused or failed: its message says why
+        print(f"finetune-phi: {exc}", file=sys.stderr)
+        return 1
     except ValueError as exc:
         # Data validation failures (DataValidationError) are ValueErrors with a full report.
         print(f"finetune-phi: {exc}", file=sys.stderr)

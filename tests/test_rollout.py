@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from backends.local.workspace import LocalWorkspace
 from backends.workspace import CHALLENGER, CHAMPION, ModelVersion, TrafficState
@@ -139,3 +140,44 @@ def test_3_failed_rollout_restores_traffic_and_removes_the_new_deployment(
     assert workspace.get_model_by_alias(MODEL, CHALLENGER) is None
     answer = workspace.invoke(ENDPOINT, TUTORIAL_REQUEST)  # live traffic never noticed
     assert answer[0].startswith("Who founded Microsoft?")
+
+
+def test_4_endpoint_commands_inspect_and_steer_the_live_endpoint(
+    workspace: LocalWorkspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from finetune_phi.cli import main
+
+    where = ["--set", f"state_dir={workspace.layout.root}", "--set", f"endpoint.name={ENDPOINT}"]
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(["endpoint", *argv, *where])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = run("status")
+    status = yaml.safe_load(out)
+    assert code == 0 and status["traffic"] == {"green": 100}
+    assert status["deployments"]["green"]["ready"] is True
+
+    code, out, _ = run("invoke", "Who", "founded", "Microsoft?")
+    assert code == 0 and out.strip() != ""
+
+    code, _, err = run("traffic", "green=60")  # Azure's rule: live traffic sums to 100
+    assert code == 1 and "100" in err
+    assert workspace.get_traffic(ENDPOINT).traffic == {"green": 100}
+
+    old = workspace.get_endpoint_keys(ENDPOINT).secondary
+    code, out, _ = run("keys", "--rotate", "secondary")
+    assert code == 0 and old not in out  # rotating does not print keys
+    assert workspace.get_endpoint_keys(ENDPOINT).secondary != old
+    code, out, _ = run("keys")
+    assert workspace.get_endpoint_keys(ENDPOINT).primary not in out
+
+    code, out, _ = run("logs", "--deployment", "green", "--lines", "5")
+    assert code == 0 and "POST /score 200" in out
+
+    assert run("stop")[0] == 0
+    assert not yaml.safe_load(run("status")[1])["front"]["alive"]
+    assert run("start")[0] == 0  # comes back serving the same way
+    assert workspace.get_traffic(ENDPOINT).traffic == {"green": 100}
+    assert workspace.invoke(ENDPOINT, TUTORIAL_REQUEST)[0].startswith("Who founded")
