@@ -52,5 +52,6 @@ typecheck: install  ## mypy (configured in pyproject.toml)
 
 check: lint typecheck test  ## everything CI cares about
 
-clean-state:  ## delete the state folder (MLflow db, models, datasets); safe, the demo rebuilds it
+clean-state:  ## stop the local endpoint, delete the state folder; safe, the demo rebuilds it
+	-test -x $(BIN)/finetune-phi && $(BIN)/finetune-phi endpoint stop
 	rm -rf $${FINETUNE_PHI__STATE_DIR:-state}
