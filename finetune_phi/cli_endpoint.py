@@ -135,7 +135,8 @@ def add_endpoint_parser(
             "invoke)",
             description="Control the profile's online endpoint. Examples:\n"
             "  finetune-phi endpoint status\n"
-            "  finetune-phi endpoint traffic blue=90 green=10 --mirror green=0\n"
+            "  finetune-phi endpoint traffic blue=90 green=10\n"
+            "  finetune-phi endpoint traffic blue=100 --mirror green=10\n"
             "  finetune-phi endpoint invoke Who founded Microsoft?\n"
             "  finetune-phi endpoint invoke --deployment green --request "
             '\'{"input_data": ["Hi"], "params": {}}\'\n'
