@@ -59,11 +59,23 @@ TERMINAL_JOB_STATUSES = frozenset(
 class WorkspaceError(RuntimeError):
     """A backend operation failed. `transient` says whether retrying the same call may help
     (a timeout, a 429/503, a connection reset) as opposed to a bad request or a missing thing.
-    Task retries are decided by this flag only (see `finetune_phi.errors` when it lands)."""
+    Task retries are decided by this flag only (see `is_transient`)."""
 
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying may help: the one classification every task's retry condition uses.
+
+    Backends raise WorkspaceError with `transient` decided where they know the cause (the local
+    endpoint by HTTP status, the Azure backend from azure-core's exception types). Anything
+    else (a bug, a validation error, a failed job) is permanent: retrying it only wastes time.
+    """
+    if isinstance(exc, WorkspaceError):
+        return exc.transient
+    return isinstance(exc, ConnectionError | TimeoutError)
 
 
 class NotFound(WorkspaceError):
