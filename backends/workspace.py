@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from trainer.config import Hyperparameters, RunOptions
@@ -75,7 +76,13 @@ def is_transient(exc: BaseException) -> bool:
     """
     if isinstance(exc, WorkspaceError):
         return exc.transient
-    return isinstance(exc, ConnectionError | TimeoutError)
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    # Downloads from a hub (datasets, huggingface_hub) fail with requests' own types.
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+    from requests.exceptions import Timeout
+
+    return isinstance(exc, RequestsConnectionError | Timeout)
 
 
 class NotFound(WorkspaceError):
@@ -253,6 +260,15 @@ class Workspace(Protocol):
     def get_model(self, name: str, version: str) -> ModelVersion: ...
     def get_model_by_alias(self, name: str, alias: str) -> ModelVersion | None: ...
     def list_model_versions(self, name: str) -> list[ModelVersion]: ...
+    def set_model_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        """Add or overwrite tags of one version (the gate records its decision this way)."""
+        ...
+
+    def download_model(self, name: str, version: str, destination: Path) -> Path:
+        """A local folder holding the version's files: downloaded under `destination`, or
+        the registry's own folder when it is already local (nothing is copied then)."""
+        ...
+
     def set_model_alias(self, name: str, alias: str, version: str) -> None: ...
     def delete_model_alias(self, name: str, alias: str) -> None: ...
 

@@ -132,6 +132,11 @@ class RolloutReport:
     events: list[str] = field(default_factory=list)
     seconds: float = 0.0
     final_traffic: Mapping[str, int] = field(default_factory=dict)
+    smoke: dict[str, Any] = field(default_factory=dict)  # where -> the smoke test's result
+
+
+def _summary(result: Any) -> str:
+    return str(getattr(result, "summary", result))
 
 
 def _check_answer(response: Any) -> None:
@@ -180,9 +185,16 @@ def execute_rollout(
     settings: RolloutSettings,
     *,
     probe: Mapping[str, Any] = DEFAULT_PROBE,
+    smoke_test: Callable[[str | None], Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> RolloutReport:
-    """Carry out `plan`; on any failure restore the endpoint exactly and raise RolloutFailed."""
+    """Carry out `plan`; on any failure restore the endpoint exactly and raise RolloutFailed.
+
+    `smoke_test(deployment)` (e.g. the Prompt flow asking fact questions) runs against the new
+    deployment directly before it gets traffic, and through the endpoint (`None`) once it has
+    all of it; it returns its result (kept in the report, logged by its `summary`) or raises,
+    which rolls everything back.
+    """
     report = RolloutReport(plan)
     started = time.monotonic()
 
@@ -209,6 +221,11 @@ def execute_rollout(
         if failures:
             raise WorkspaceError(f"direct request to {new!r} failed: {why}")
         event(f"rollout: {new!r} is ready and answers directly")
+        if smoke_test is not None:
+            stage = "smoke test (direct)"
+            result = smoke_test(new)
+            report.smoke[f"deployment {new}"] = result
+            event(f"rollout: smoke test of {new!r} directly: {_summary(result)}")
 
         if plan.mirror_percent:
             stage = "mirror"
@@ -234,6 +251,11 @@ def execute_rollout(
             if rate > settings.max_error_rate:
                 raise WorkspaceError(f"error rate {rate:.0%} at {dict(step)}: {why or new_why}")
             event(f"rollout: traffic {dict(step)}, {failures + new_failures} probe errors")
+        if smoke_test is not None:
+            stage = "smoke test (endpoint)"
+            result = smoke_test(None)
+            report.smoke["endpoint"] = result
+            event(f"rollout: smoke test through the endpoint: {_summary(result)}")
     except Exception as exc:
         _undo(workspace, endpoint, model, new, original, event)
         raise RolloutFailed(

@@ -68,6 +68,44 @@ class AzureBackendSettings(StrictModel):
         default="mcr.microsoft.com/azureml/curated/acft-hf-nlp-gpu:59",
         description="Base image of the training environment (the tutorial's curated image).",
     )
+    training_environment: str = Field(
+        default="finetune-phi-training",
+        description="Name of the training environment; its version is a hash of image + spec.",
+    )
+    training_conda_file: str = Field(
+        default="environments/training.conda.yml",
+        description="Conda spec of the training environment (relative to the repository).",
+    )
+    training_instance_count: int = Field(
+        default=1, ge=1, description="Nodes per training job; above 1 runs PyTorch distributed."
+    )
+    processes_per_node: int = Field(
+        default=1, ge=1, description="Training processes per node (GPUs per node) when distributed."
+    )
+    inference_environment: str = Field(
+        default="finetune-phi-inference",
+        description="Name of the deployments' environment; versioned by content hash.",
+    )
+    inference_image: str = Field(
+        default="mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest",
+        description="Base image of the inference environment (serving/score.py runs on it).",
+    )
+    inference_conda_file: str = Field(
+        default="environments/inference.conda.yml",
+        description="Conda spec of the inference environment (relative to the repository).",
+    )
+    request_timeout_ms: int = Field(
+        default=90000, ge=1000, le=180000, description="Scoring request timeout of deployments."
+    )
+    max_concurrent_requests_per_instance: int = Field(
+        default=2, ge=1, description="Requests one deployment instance serves at once."
+    )
+    probe_initial_delay_seconds: int = Field(
+        default=600, ge=1, description="Time a deployment may take to load the model."
+    )
+    job_poll_seconds: float = Field(
+        default=30.0, gt=0, description="How often a running job's status and log are read."
+    )
 
 
 BackendSettings = Annotated[
@@ -144,6 +182,43 @@ class RolloutSettings(StrictModel):
         return steps
 
 
+class GateSettings(StrictModel):
+    """When a freshly trained model may replace the champion (finetune_phi.evaluation)."""
+
+    loss_tolerance: float = Field(
+        default=0.02,
+        ge=0.0,
+        le=1.0,
+        description="Promote if the candidate's held-out loss is at most this much (relative) "
+        "above the champion's, measured on the same test set.",
+    )
+    fact_accuracy_tolerance: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Promote if the candidate's fact accuracy is at most this much (absolute) "
+        "below the champion's (synthetic data only: it has fact questions).",
+    )
+    max_eval_conversations: int = Field(
+        default=240, ge=1, description="Test conversations both models are scored on."
+    )
+
+
+class SmokeSettings(StrictModel):
+    """The Prompt flow smoke test run during a rollout (promptflow_app/)."""
+
+    enabled: bool = Field(default=True, description="Run it; a failure rolls the rollout back.")
+    questions: int = Field(
+        default=3,
+        ge=1,
+        description="How many fact questions to ask (the tutorial's 'Who founded Microsoft?' "
+        "first); synthetic data only, other data is asked the Microsoft question alone.",
+    )
+    min_accuracy: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="Share of answers that must be correct."
+    )
+
+
 class Profile(StrictModel):
     """One validated profile: everything a run of the pipeline needs to know."""
 
@@ -163,7 +238,9 @@ class Profile(StrictModel):
         default_factory=RunOptions, description="Trainer run options (checkpoints, logging)."
     )
     endpoint: EndpointSettings = Field(default_factory=EndpointSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    smoke: SmokeSettings = Field(default_factory=SmokeSettings)
 
 
 def profile_path(name_or_path: str) -> Path:

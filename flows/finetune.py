@@ -1,51 +1,167 @@
 """The fine-tuning pipeline as a Prefect flow: wiring only, no logic.
 
-    ensure base model -> prepare dataset -> train -> register -> blue-green rollout
+    base model -> dataset -> environment, compute -> up to date? -> train -> register
+      -> quality gate (champion vs candidate) -> blue-green rollout with Prompt flow smoke test
+      -> run report
 
-Later stages (quality gate, Prompt flow smoke test, report) plug in around the rollout.
-Run it with `finetune-phi demo`, or through a Prefect deployment (prefect.yaml).
+Three endings, none of them a crash: "promoted" (the candidate serves all traffic),
+"not promoted" (the gate kept the champion; traffic untouched), "up to date" (the champion was
+trained on exactly these inputs; nothing trained or deployed). Failures (a failed job, a
+rolled-back rollout) fail the run with their reason.
+
+Run it with `finetune-phi demo`, or as a Prefect deployment (prefect.yaml).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 
+from backends.workspace import ModelVersion
+from finetune_phi.evaluation import GateDecision
 from finetune_phi.rollout import RolloutReport
-from finetune_phi.settings import Profile, load_profile
+from finetune_phi.settings import Profile, deep_merge, load_profile
 from tasks.base_model import ensure_base_model
 from tasks.dataset import PreparedDataset, prepare_dataset_task
+from tasks.gate import check_up_to_date, quality_gate
+from tasks.infrastructure import ensure_compute, ensure_environment
 from tasks.registry import Registration, register_model
+from tasks.report import publish_report
 from tasks.rollout import rollout_model
 from tasks.training import TrainingResult, train_model
+
+Status = Literal["promoted", "not promoted", "up to date"]
 
 
 @dataclass(frozen=True)
 class PipelineResult:
     settings: Profile
+    status: Status
     dataset: PreparedDataset
-    training: TrainingResult
-    registration: Registration
-    rollout: RolloutReport
+    model: ModelVersion  # the candidate, or the champion when up to date
+    training: TrainingResult | None = None
+    registration: Registration | None = None
+    gate: GateDecision | None = None
+    rollout: RolloutReport | None = None
+    traffic_before: dict[str, int] | None = None
+    traffic_after: dict[str, int] | None = None
+
+
+def run_overrides(
+    *,
+    data_source: dict[str, Any] | None = None,
+    test_fraction: float | None = None,
+    base_model: str | None = None,
+    training: dict[str, Any] | None = None,
+    traffic_steps: list[int] | None = None,
+    gate_tolerance: float | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Pure: the flow's parameters as profile overrides (validated with the profile)."""
+    tree: dict[str, Any] = {}
+    if data_source is not None:
+        tree.setdefault("data", {})["source"] = data_source
+    if test_fraction is not None:
+        tree.setdefault("data", {})["test_fraction"] = test_fraction
+    if base_model is not None:
+        tree["model"] = {"base": base_model}
+    if training:
+        tree["training"] = dict(training)
+    if traffic_steps is not None:
+        tree["rollout"] = {"traffic_steps": list(traffic_steps)}
+    if gate_tolerance is not None:
+        tree["gate"] = {"loss_tolerance": gate_tolerance}
+    return deep_merge(tree, overrides or {})
 
 
 @flow(name="finetune-phi", log_prints=True)
 def finetune_pipeline(
-    profile: str = "local", overrides: dict[str, Any] | None = None
+    profile: str = "local",
+    data_source: dict[str, Any] | None = None,
+    test_fraction: float | None = None,
+    base_model: str | None = None,
+    training: dict[str, Any] | None = None,
+    traffic_steps: list[int] | None = None,
+    gate_tolerance: float | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> PipelineResult:
-    """Fine-tune and register a Phi-3 model as the profile describes.
+    """Fine-tune, gate, deploy and smoke-test a Phi-3 model as the profile describes.
 
     Args:
         profile: profile name (configs/profiles/<name>.yaml) or path to a profile file.
-        overrides: nested keys that replace the profile's, e.g.
-            {"training": {"num_train_epochs": 1.0}}; validated like the profile.
+        data_source: replaces `data.source`, e.g. {"kind": "hub", "name":
+            "HuggingFaceH4/ultrachat_200k", "split": "train_sft[:1%]"}.
+        test_fraction: held-out share of the data (the tutorial's 0.2).
+        base_model: hub id or folder, e.g. "microsoft/Phi-3.5-mini-instruct".
+        training: trainer hyperparameters to override, e.g. {"num_train_epochs": 1.0}.
+        traffic_steps: the rollout's traffic percentages, e.g. [10, 50, 100].
+        gate_tolerance: how much worse (relative held-out loss) a candidate may be and still
+            replace the champion.
+        overrides: any other profile keys, nested, e.g. {"smoke": {"enabled": False}}.
     """
-    settings = load_profile(profile, overrides=overrides)
-    base_model = ensure_base_model(settings)
-    dataset = prepare_dataset_task(settings, base_model)
-    training = train_model(settings, base_model, dataset)
-    registration = register_model(settings, dataset, training)
+    settings = load_profile(
+        profile,
+        overrides=run_overrides(
+            data_source=data_source,
+            test_fraction=test_fraction,
+            base_model=base_model,
+            training=training,
+            traffic_steps=traffic_steps,
+            gate_tolerance=gate_tolerance,
+            overrides=overrides,
+        ),
+    )
+    base = ensure_base_model(settings)
+    dataset = prepare_dataset_task(settings, base)
+    champion = check_up_to_date(settings, dataset)
+    if champion is not None:
+        # Nothing to train; the rollout makes sure the champion is what serves (a no-op when
+        # it already has all traffic, a redeploy when the endpoint lost it).
+        rollout = rollout_model(settings, champion)
+        result = PipelineResult(
+            settings,
+            "up to date",
+            dataset,
+            champion,
+            rollout=rollout,
+            traffic_before=dict(rollout.plan.previous),
+            traffic_after=dict(rollout.final_traffic),
+        )
+        publish_report(result)
+        return result
+
+    environment = ensure_environment(settings)
+    compute = ensure_compute(settings)
+    trained = train_model(settings, base, dataset, environment, compute)
+    registration = register_model(settings, dataset, trained)
+    decision = quality_gate(settings, dataset, registration.model)
+    if not decision.promote:
+        result = PipelineResult(
+            settings,
+            "not promoted",
+            dataset,
+            registration.model,
+            trained,
+            registration,
+            decision,
+        )
+        publish_report(result)
+        return result
+
     rollout = rollout_model(settings, registration.model)
-    return PipelineResult(settings, dataset, training, registration, rollout)
+    result = PipelineResult(
+        settings,
+        "promoted",
+        dataset,
+        registration.model,
+        trained,
+        registration,
+        decision,
+        rollout,
+        dict(rollout.plan.previous),
+        dict(rollout.final_traffic),
+    )
+    publish_report(result)
+    return result

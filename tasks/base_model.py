@@ -16,7 +16,7 @@ def resolve_base_model(profile: Profile) -> str:
     return profile.model.base
 
 
-@task(name="ensure-base-model", retries=0)
+@task(name="ensure-base-model", retries=0, timeout_seconds=600)
 def ensure_base_model(profile: Profile) -> str:
     """Build the tiny Phi-3 on first use (deterministic, seconds); hub ids pass through."""
     logger = get_run_logger()

@@ -16,6 +16,7 @@ from finetune_phi.chat_data import DatasetManifest, prepare_dataset
 from finetune_phi.chat_data.validation import TokenCounter
 from finetune_phi.settings import Profile
 from finetune_phi.state import StateLayout
+from tasks.retry import retry_if_transient
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,13 @@ def chat_token_counter(tokenizer_source: str) -> TokenCounter:
     return count
 
 
-@task(name="prepare-dataset", retries=2, retry_delay_seconds=10)
+@task(
+    name="prepare-dataset",
+    retries=3,
+    retry_delay_seconds=[10, 30, 60],
+    retry_condition_fn=retry_if_transient,
+    timeout_seconds=3600,
+)
 def prepare_dataset_task(profile: Profile, tokenizer_source: str) -> PreparedDataset:
     logger = get_run_logger()
     datasets_dir = StateLayout(profile.state_dir).datasets_dir

@@ -11,6 +11,7 @@ from backends.workspace import ModelVersion
 from finetune_phi.lineage import git_commit
 from finetune_phi.settings import REPO_ROOT, Profile
 from tasks.dataset import PreparedDataset
+from tasks.retry import retry_if_transient
 from tasks.training import TrainingResult
 
 
@@ -45,7 +46,13 @@ def lineage_tags(
     }
 
 
-@task(name="register-model", retries=2, retry_delay_seconds=5)
+@task(
+    name="register-model",
+    retries=3,
+    retry_delay_seconds=[5, 15, 45],
+    retry_condition_fn=retry_if_transient,
+    timeout_seconds=1800,
+)
 def register_model(
     profile: Profile, dataset: PreparedDataset, training: TrainingResult
 ) -> Registration:

@@ -1,22 +1,52 @@
-"""Stage: roll the registered model out to the online endpoint, blue-green, with rollback.
+"""Stage: roll the model out to the online endpoint, blue-green, smoke-tested, with rollback.
 
-The plan and its execution live in `finetune_phi.rollout`; this task only gathers the
-endpoint's current state, logs the plan and runs it. No retries: a failed rollout has already
-restored the endpoint, and repeating it blindly would not change the outcome (see the module
-docstring of finetune_phi.rollout).
+The plan and its execution live in `finetune_phi.rollout`; this task gathers the endpoint's
+state, logs the plan, and runs it with the Prompt flow smoke test as its check (first against
+the new deployment directly, then through the endpoint). No retries: a failed rollout has
+already restored the endpoint, and repeating it blindly would not change the outcome.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from prefect import get_run_logger, task
 
 from backends import open_workspace
 from backends.workspace import ModelVersion
+from finetune_phi.chat_data.synthetic import FactProbe, fact_probes
 from finetune_phi.rollout import RolloutReport, execute_rollout, plan_rollout
 from finetune_phi.settings import Profile
 
 
-@task(name="blue-green-rollout", retries=0)
+class SmokeTestFailed(RuntimeError):
+    """The Prompt flow's answers were not good enough; the rollout is rolled back."""
+
+
+def smoke_probes(profile: Profile) -> list[FactProbe]:
+    """The fact questions to ask: the tutorial's Microsoft one first (see SmokeSettings)."""
+    probes = fact_probes()
+    count = profile.smoke.questions if profile.data.source.kind == "synthetic" else 1
+    return probes[:count]
+
+
+def smoke_check(profile: Profile, scoring_uri: str, key: str) -> Callable[[str | None], str]:
+    """The rollout's check: run the Prompt flow against a deployment (or the endpoint)."""
+    from finetune_phi.promptflow_bridge import smoke_test
+
+    probes = smoke_probes(profile)
+
+    def check(deployment: str | None) -> str:
+        result = smoke_test(scoring_uri, key, probes, deployment=deployment)
+        accuracy = sum(a.correct for a in result.answers) / max(len(result.answers), 1)
+        if accuracy < profile.smoke.min_accuracy:
+            raise SmokeTestFailed(result.summary)
+        return result.summary
+
+    return check
+
+
+@task(name="blue-green-rollout", retries=0, timeout_seconds=3600)
 def rollout_model(profile: Profile, model: ModelVersion) -> RolloutReport:
     logger = get_run_logger()
     workspace = open_workspace(profile)
@@ -32,4 +62,11 @@ def rollout_model(profile: Profile, model: ModelVersion) -> RolloutReport:
     )
     for line in plan.describe():
         logger.info("plan: %s", line)
-    return execute_rollout(workspace, endpoint, model, plan, profile.rollout, log=logger.info)
+    smoke = None
+    if profile.smoke.enabled:
+        smoke = smoke_check(
+            profile, info.scoring_uri, workspace.get_endpoint_keys(endpoint).primary
+        )
+    return execute_rollout(
+        workspace, endpoint, model, plan, profile.rollout, smoke_test=smoke, log=logger.info
+    )

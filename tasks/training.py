@@ -13,10 +13,11 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from backends import open_workspace
-from backends.workspace import JobRecord, JobStatus, TrainingJobSpec
+from backends.workspace import ComputeRef, EnvironmentRef, JobRecord, JobStatus, TrainingJobSpec
 from finetune_phi.lineage import training_job_name
 from finetune_phi.settings import Profile
 from tasks.dataset import PreparedDataset
+from tasks.retry import retry_if_transient
 
 EXPERIMENT = "finetune-phi"
 # Lines of the trainer's output worth showing in the Prefect UI; the job log has everything.
@@ -36,7 +37,11 @@ class TrainingResult:
 
 
 def training_job_spec(
-    profile: Profile, base_model: str, dataset: PreparedDataset
+    profile: Profile,
+    base_model: str,
+    dataset: PreparedDataset,
+    environment: EnvironmentRef | None = None,
+    compute: ComputeRef | None = None,
 ) -> TrainingJobSpec:
     """Pure: the job the profile and the prepared data describe."""
     name = training_job_name(dataset.sha256, base_model, profile.training)
@@ -55,6 +60,8 @@ def training_job_spec(
             "profile": profile.name,
         },
         display_name=f"fine-tune {profile.model.base} on {dataset.sha256[:12]}",
+        environment=environment,
+        compute=compute.name if compute is not None else None,
     )
 
 
@@ -64,11 +71,26 @@ def result_of(job: JobRecord) -> TrainingResult:
     return TrainingResult(job.name, job.studio_url or "", job.model_uri, dict(job.metrics))
 
 
-@task(name="train-model", retries=1, retry_delay_seconds=5)
-def train_model(profile: Profile, base_model: str, dataset: PreparedDataset) -> TrainingResult:
+# Retried only for transient errors (submitting, polling): a retry re-attaches to the job of
+# the same name, so it never trains twice. A failed job is not retried here; the next flow
+# run resubmits it and the trainer resumes from its last checkpoint.
+@task(
+    name="train-model",
+    retries=3,
+    retry_delay_seconds=[10, 30, 60],
+    retry_condition_fn=retry_if_transient,
+    timeout_seconds=24 * 3600,
+)
+def train_model(
+    profile: Profile,
+    base_model: str,
+    dataset: PreparedDataset,
+    environment: EnvironmentRef | None = None,
+    compute: ComputeRef | None = None,
+) -> TrainingResult:
     logger = get_run_logger()
     workspace = open_workspace(profile)
-    spec = training_job_spec(profile, base_model, dataset)
+    spec = training_job_spec(profile, base_model, dataset, environment, compute)
     job = workspace.submit_job(spec)
     logger.info("training job %s: %s (%s)", job.name, job.status, job.studio_url)
     if not job.status.is_terminal:

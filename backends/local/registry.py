@@ -108,6 +108,23 @@ class LocalRegistry:
         found = [self._to_model_version(v) for v in versions]
         return sorted(found, key=lambda v: int(v.version))
 
+    def set_model_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        self.get_model(name, version)  # NotFound rather than MLflow's error text
+        mlflow_client = self._client()
+        for key, value in tags.items():
+            mlflow_client.set_model_version_tag(name, version, key, value)
+
+    def download_model(self, name: str, version: str, destination: Path) -> Path:
+        """The registry's artifacts are already on this disk: return their folder."""
+        from urllib.parse import unquote, urlparse
+
+        source = self.get_model(name, version).source
+        parsed = urlparse(source)
+        path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(source)
+        if not path.is_dir():
+            raise NotFound(f"files of model {name} version {version} missing at {path}")
+        return path
+
     def set_model_alias(self, name: str, alias: str, version: str) -> None:
         self._client().set_registered_model_alias(name, alias, version)
 

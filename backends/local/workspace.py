@@ -88,6 +88,12 @@ class LocalWorkspace:
     def list_model_versions(self, name: str) -> list[ModelVersion]:
         return self.registry.list_model_versions(name)
 
+    def set_model_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        self.registry.set_model_tags(name, version, tags)
+
+    def download_model(self, name: str, version: str, destination: Path) -> Path:
+        return self.registry.download_model(name, version, destination)
+
     def set_model_alias(self, name: str, alias: str, version: str) -> None:
         self.registry.set_model_alias(name, alias, version)
 

@@ -1,0 +1,98 @@
+"""Stages: is the champion already up to date, and may the new candidate replace it.
+
+`check_up_to_date` compares the champion's lineage with what this run would train; a match
+means nothing changed, so nothing is trained or deployed. `quality_gate` measures the
+candidate and the champion on the same held-out test set and records the decision on the
+candidate's registry entry (tags `gate`, `gate_reason`), promoted or rejected.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from backends import open_workspace
+from backends.workspace import CHAMPION, ModelVersion
+from finetune_phi.chat_data.synthetic import fact_probes
+from finetune_phi.evaluation import GateDecision, evaluate_model, gate_decision
+from finetune_phi.settings import Profile
+from finetune_phi.state import StateLayout
+from tasks.dataset import PreparedDataset
+from tasks.retry import retry_if_transient
+
+
+def lineage_matches(champion: ModelVersion, profile: Profile, dataset_sha256: str) -> bool:
+    """Pure: would this run train exactly the champion again?"""
+    tags = champion.tags
+    return (
+        tags.get("dataset_sha256") == dataset_sha256
+        and tags.get("trainer_config_hash") == profile.training.config_hash()
+        and tags.get("base_model") == profile.model.base
+    )
+
+
+@task(
+    name="check-up-to-date",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_if_transient,
+    timeout_seconds=300,
+)
+def check_up_to_date(profile: Profile, dataset: PreparedDataset) -> ModelVersion | None:
+    """The champion when its lineage matches this run's inputs, else None."""
+    workspace = open_workspace(profile)
+    champion = workspace.get_model_by_alias(profile.model.registered_name, CHAMPION)
+    if champion is not None and lineage_matches(champion, profile, dataset.sha256):
+        get_run_logger().info(
+            "up to date: champion %s:%s was trained on dataset %s with this config",
+            champion.name,
+            champion.version,
+            dataset.sha256[:12],
+        )
+        return champion
+    return None
+
+
+@task(
+    name="quality-gate",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_if_transient,
+    timeout_seconds=3600,
+)
+def quality_gate(
+    profile: Profile, dataset: PreparedDataset, candidate: ModelVersion
+) -> GateDecision:
+    logger = get_run_logger()
+    workspace = open_workspace(profile)
+    downloads = StateLayout(profile.state_dir).root / "downloads"
+    # Fact questions exist only in the project's synthetic data; other data: loss only.
+    probes = fact_probes() if profile.data.source.kind == "synthetic" else []
+
+    def measure(model: ModelVersion):  # -> Evaluation
+        folder = workspace.download_model(model.name, model.version, downloads)
+        return evaluate_model(
+            folder,
+            dataset.test_file,
+            probes,
+            label=f"{model.name}:{model.version}",
+            max_conversations=profile.gate.max_eval_conversations,
+        )
+
+    champion = workspace.get_model_by_alias(candidate.name, CHAMPION)
+    if champion is not None and champion.version == candidate.version:
+        champion = None  # the candidate is the champion already (e.g. an earlier promotion)
+    candidate_eval = measure(candidate)
+    champion_eval = measure(champion) if champion is not None else None
+    decision = gate_decision(candidate_eval, champion_eval, profile.gate)
+    workspace.set_model_tags(
+        candidate.name,
+        candidate.version,
+        {
+            "gate": "promoted" if decision.promote else "rejected",
+            "gate_reason": decision.reason[:500],
+            "gate_eval_loss": f"{candidate_eval.eval_loss:.6g}",
+            "gate_champion": f"{champion.name}:{champion.version}" if champion else "",
+        },
+    )
+    logger.info("quality gate: %s", decision.reason)
+    return decision
