@@ -18,6 +18,6 @@ def open_workspace(profile: Profile) -> Workspace:
         from backends.local.workspace import LocalWorkspace
 
         return LocalWorkspace(profile.state_dir)
-    raise NotImplementedError(
-        "the azure backend is not implemented yet; use the local profile (backend.kind: local)"
-    )
+    from backends.azure.workspace import AzureWorkspace
+
+    return AzureWorkspace(profile.backend)

@@ -94,8 +94,17 @@ def train_model(
     job = workspace.submit_job(spec)
     logger.info("training job %s: %s (%s)", job.name, job.status, job.studio_url)
     if not job.status.is_terminal:
-        for line in workspace.stream_job_logs(job.name, follow=True):
-            if line.startswith(SHOWN_PREFIXES):
-                logger.info("%s", line)
+        try:
+            for line in workspace.stream_job_logs(job.name, follow=True):
+                if line.startswith(SHOWN_PREFIXES):
+                    logger.info("%s", line)
+        except Exception:
+            raise  # e.g. a dropped connection while following: the retry re-attaches
+        except BaseException:
+            # The flow run was cancelled or the worker told to stop: the job goes with it.
+            # (A crash of the worker itself leaves the job running for the next run.)
+            logger.warning("cancelling training job %s", job.name)
+            workspace.cancel_job(job.name)
+            raise
         job = workspace.get_job(job.name)
     return result_of(job)

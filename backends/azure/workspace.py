@@ -1,0 +1,754 @@
+"""`AzureWorkspace`: the Workspace protocol on Azure ML, through azure-ai-ml SDK v2.
+
+What maps to what (the local backend's behaviour, Azure's way):
+- environments: versioned by a hash of image + conda spec (`entities.build_environment`);
+  get first, create only a version that does not exist;
+- compute: get-or-create an `AmlCompute` cluster that scales to zero;
+- jobs: a command job running `python -m trainer.fine_tune`; Azure job names are unique
+  forever, so attempt 1 of logical job `ft-...` is named `ft-...` and a resubmission after a
+  Failed/Canceled/NotResponding attempt is `ft-...-r2` (same output folder: it resumes from the
+  checkpoints). Submitting a name that is running or completed re-attaches to it, which is also
+  what a retried submission whose first PUT did reach Azure finds;
+- logs: the job's `user_logs/std_log.txt` in the workspace artifact store, read from the
+  offset already seen, while the status is polled with backoff;
+- registry: workspace models; a version is tagged `job_name` (registration is idempotent per
+  job). The workspace registry has no MLflow-style aliases, so an alias is a version tag
+  `alias.<name>=true`: setting it tags the new version first, then untags the others (an
+  interrupted move leaves two tagged versions; the highest wins and the next move cleans up);
+- endpoints: get-or-create a key-auth managed online endpoint, never deleted here; deployments
+  run serving/score.py on the inference environment; traffic and mirror traffic are set in one
+  endpoint update and read back; `invoke` POSTs to the scoring URI with the key and, for a
+  direct call, the `azureml-model-deployment` header.
+
+Every Azure call goes through `errors.azure_call`, which turns failures into WorkspaceError /
+NotFound / RuleViolation with `transient` decided in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from backends.azure import entities
+from backends.azure.errors import AzureWorkspaceError, azure_call, status_of
+from backends.workspace import (
+    DEPLOYMENT_HEADER,
+    ComputeRef,
+    ComputeSpec,
+    DeploymentInfo,
+    DeploymentSpec,
+    EndpointInfo,
+    EndpointKeys,
+    EnvironmentRef,
+    EnvironmentSpec,
+    JobRecord,
+    JobStatus,
+    ModelVersion,
+    NotFound,
+    RuleViolation,
+    TrafficState,
+    TrainingJobSpec,
+    WorkspaceError,
+)
+from finetune_phi.settings import REPO_ROOT, AzureBackendSettings
+
+log = logging.getLogger(__name__)
+
+ALIAS_TAG_PREFIX = "alias."
+ARTIFACT_DATASTORE = "workspaceartifactstore"  # where Azure keeps jobs' user_logs/
+USER_LOG = "user_logs/std_log.txt"
+# Attempts in these states are over and failed: a new submission starts the next attempt.
+RETRYABLE_JOB_STATES = frozenset({JobStatus.FAILED, JobStatus.CANCELED, JobStatus.NOT_RESPONDING})
+# The stream stops on these too: a Paused job waits for a person, not for the pipeline.
+STREAM_STOP_STATES = frozenset({*RETRYABLE_JOB_STATES, JobStatus.COMPLETED, JobStatus.PAUSED})
+KEY_CACHE_SECONDS = 300.0
+LOG_TAIL_LINES = 30
+MAX_POLL_ERRORS = 5  # consecutive transient errors a log stream tolerates
+
+
+def _alias_tag(alias: str) -> str:
+    return f"{ALIAS_TAG_PREFIX}{alias}"
+
+
+def _text(value: Any) -> str:
+    """An SDK enum or string as Azure's plain string ("Succeeded", not ProvisioningState...)."""
+    return str(getattr(value, "value", value) or "")
+
+
+def _job_status(raw: str | None) -> JobStatus:
+    try:
+        return JobStatus(raw or "Unknown")
+    except ValueError:
+        return JobStatus.UNKNOWN
+
+
+class AzureWorkspace:
+    """The Workspace protocol against one Azure ML workspace (see the module doc).
+
+    Args:
+        settings: the profile's `backend` section (subscription, resource group, workspace...).
+        credential: an azure-core token credential; default `DefaultAzureCredential()` (so
+            `az login`, managed identity and AZURE_* variables all work).
+        ml_client: an `MLClient` to use as is (tests, notebooks); built from the above if None.
+        repo_root: where trainer/, serving/ and environments/ are.
+        client_kwargs: passed to `MLClient` (e.g. azure-core `retry_total`, `transport`).
+        sleep: how the job poller waits (tests pass a fake clock).
+        http: the requests session `invoke` uses for scoring calls.
+    """
+
+    kind = "azure"
+
+    def __init__(
+        self,
+        settings: AzureBackendSettings,
+        *,
+        credential: Any = None,
+        ml_client: Any = None,
+        repo_root: Path = REPO_ROOT,
+        client_kwargs: Mapping[str, Any] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        http: requests.Session | None = None,
+        code_staging_dir: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.repo_root = Path(repo_root)
+        self._credential = credential
+        self._ml_client = ml_client
+        self._client_kwargs = dict(client_kwargs or {})
+        self._sleep = sleep
+        self._http = http
+        self._code_staging_dir = code_staging_dir
+        self._scoring: dict[str, tuple[str, str, float]] = {}  # endpoint -> (uri, key, when)
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"AzureWorkspace({s.subscription_id}/{s.resource_group}/{s.workspace})"
+
+    # ------------------------------------------------------------------ clients
+
+    @property
+    def credential(self) -> Any:
+        if self._credential is None:
+            from azure.identity import DefaultAzureCredential
+
+            self._credential = DefaultAzureCredential()
+        return self._credential
+
+    @property
+    def ml_client(self) -> Any:
+        """The MLClient, built on first use (so a dry run or `--help` never needs Azure)."""
+        if self._ml_client is None:
+            from azure.ai.ml import MLClient
+
+            s = self.settings
+            missing = [
+                f"FINETUNE_PHI__BACKEND__{key.upper()}"
+                for key in ("subscription_id", "resource_group", "workspace")
+                if not getattr(s, key)
+            ]
+            if missing:
+                raise WorkspaceError(
+                    "the azure profile does not say which workspace to use: set "
+                    + ", ".join(missing)
+                )
+            self._ml_client = MLClient(
+                self.credential,
+                s.subscription_id,
+                s.resource_group,
+                s.workspace,
+                show_progress=False,
+                **self._client_kwargs,
+            )
+        return self._ml_client
+
+    @property
+    def http(self) -> requests.Session:
+        if self._http is None:
+            self._http = requests.Session()
+        return self._http
+
+    def _stage(self, *packages: str) -> Path:
+        return entities.stage_code(
+            packages, repo_root=self.repo_root, staging_root=self._code_staging_dir
+        )
+
+    # ------------------------------------------------------------------ environments, compute
+
+    def training_environment_spec(self) -> EnvironmentSpec:
+        s = self.settings
+        return EnvironmentSpec(
+            s.training_environment,
+            s.training_image,
+            str(self.repo_root / s.training_conda_file),
+            "finetune-phi training: trainer/fine_tune.py",
+        )
+
+    def inference_environment_spec(self) -> EnvironmentSpec:
+        s = self.settings
+        return EnvironmentSpec(
+            s.inference_environment,
+            s.inference_image,
+            str(self.repo_root / s.inference_conda_file),
+            "finetune-phi inference: serving/score.py under azmlinfsrv",
+        )
+
+    def ensure_environment(self, spec: EnvironmentSpec) -> EnvironmentRef:
+        """The version named by the spec's content hash; created only if it does not exist."""
+        if spec.conda_file is None:
+            raise WorkspaceError(f"environment {spec.name}: a conda_file is required on Azure")
+        env = entities.build_environment(
+            spec.name, spec.image, Path(spec.conda_file), spec.description
+        )
+        ops = self.ml_client.environments
+        try:
+            with azure_call(f"get environment {env.name}:{env.version}"):
+                found = ops.get(env.name, env.version)
+            return EnvironmentRef(found.name, str(found.version))
+        except NotFound:
+            pass
+        with azure_call(f"create environment {env.name}:{env.version}"):
+            created = ops.create_or_update(env)
+        log.info("created environment %s:%s", created.name, created.version)
+        return EnvironmentRef(created.name, str(created.version))
+
+    def ensure_compute(self, spec: ComputeSpec) -> ComputeRef:
+        """Get the cluster, or create it (min nodes 0: nothing is billed while idle). An
+        existing cluster is used as it is: resizing a shared cluster is a person's decision."""
+        ops = self.ml_client.compute
+        try:
+            with azure_call(f"get compute {spec.name}"):
+                found = ops.get(spec.name)
+            return ComputeRef(found.name, _text(found.provisioning_state))
+        except NotFound:
+            pass
+        with azure_call(f"create compute {spec.name} ({spec.size})"):
+            created = ops.begin_create_or_update(
+                entities.build_compute(spec, self.settings)
+            ).result()
+        return ComputeRef(created.name, _text(created.provisioning_state))
+
+    # ------------------------------------------------------------------ jobs
+
+    def _studio_url(self, job: Any) -> str | None:
+        services = getattr(job, "services", None) or {}
+        studio = services.get("Studio")
+        endpoint = getattr(studio, "endpoint", None)
+        if endpoint:
+            return str(endpoint)
+        s = self.settings
+        return (
+            f"https://ml.azure.com/runs/{job.name}?wsid=/subscriptions/{s.subscription_id}"
+            f"/resourcegroups/{s.resource_group}/workspaces/{s.workspace}"
+        )
+
+    def _get_raw_job(self, name: str) -> Any | None:
+        try:
+            with azure_call(f"get job {name}"):
+                return self.ml_client.jobs.get(name)
+        except NotFound:
+            return None
+
+    def _record(self, job: Any, *, with_details: bool = True) -> JobRecord:
+        status = _job_status(job.status)
+        tags = {str(k): str(v) for k, v in (job.tags or {}).items()}
+        studio = self._studio_url(job)
+        model_uri = metrics = error = None
+        if status is JobStatus.COMPLETED:
+            model_uri = entities.model_uri(job.name)
+            if with_details:
+                metrics = self._read_metrics(tags.get(entities.JOB_NAME_TAG, job.name))
+        elif status in RETRYABLE_JOB_STATES or status is JobStatus.PAUSED:
+            tail = self._log_tail(job.name) if with_details else ""
+            error = f"job {job.name} ended {status.value}; see {studio}" + (
+                f"\nlast log lines:\n{tail}" if tail else ""
+            )
+        return JobRecord(
+            name=job.name,
+            status=status,
+            tags=tags,
+            model_uri=model_uri,
+            metrics=metrics or {},
+            studio_url=studio,
+            error=error,
+        )
+
+    def submit_job(self, spec: TrainingJobSpec) -> JobRecord:
+        """Start the job, or re-attach to the attempt that is running or completed."""
+        attempt = 1
+        while True:
+            name = entities.attempt_name(spec.name, attempt)
+            existing = self._get_raw_job(name)
+            if existing is None:
+                break
+            status = _job_status(existing.status)
+            if status not in RETRYABLE_JOB_STATES:
+                log.info("job %s exists (%s): re-attaching", name, status.value)
+                return self._record(existing)
+            attempt += 1
+            if attempt > entities.MAX_ATTEMPTS:
+                raise WorkspaceError(
+                    f"job {spec.name}: {entities.MAX_ATTEMPTS} attempts failed; see "
+                    f"{self._studio_url(existing)}"
+                )
+        environment = spec.environment or self.ensure_environment(self.training_environment_spec())
+        compute = (
+            spec.compute or self.ensure_compute(entities.training_compute_spec(self.settings)).name
+        )
+        job = entities.build_job(
+            spec,
+            job_name=name,
+            attempt=attempt,
+            environment=environment,
+            compute=compute,
+            code=self._stage(entities.TRAINER_PACKAGE),
+            settings=self.settings,
+        )
+        try:
+            with azure_call(f"submit job {name}"):
+                created = self.ml_client.jobs.create_or_update(job)
+        except AzureWorkspaceError as exc:
+            if exc.status != 409:
+                raise
+            # A name that exists: a retry of a submission whose answer was lost. Attach.
+            found = self._get_raw_job(name)
+            if found is None:
+                raise
+            return self._record(found)
+        return self._record(created)
+
+    def get_job(self, name: str) -> JobRecord:
+        job = self._get_raw_job(name)
+        if job is None:
+            raise NotFound(f"no Azure ML job named {name!r}")
+        return self._record(job)
+
+    def _datastore_blob(self, datastore: str, blob: str, offset: int = 0) -> bytes | None:
+        """Bytes of `blob` from `offset` in a datastore's container; None if it is not there.
+        Authenticates as the SDK does for uploads (datastore SAS/key, else the credential)."""
+        from azure.ai.ml._artifacts._artifact_utilities import get_datastore_info
+        from azure.storage.blob import ContainerClient
+
+        ml = self.ml_client
+        try:
+            with azure_call(f"read {datastore}/{blob}"):
+                info = get_datastore_info(ml.datastores, datastore)
+                container = ContainerClient(
+                    info["account_url"], info["container_name"], credential=info["credential"]
+                )
+                client = container.get_blob_client(blob)
+                size = client.get_blob_properties().size
+                if offset >= size:
+                    return b""
+                data: bytes = client.download_blob(offset=offset).readall()
+                return data
+        except NotFound:
+            return None
+
+    def _read_metrics(self, logical_name: str) -> dict[str, Any]:
+        import json
+
+        data = self._datastore_blob(
+            entities.DATASTORE,
+            f"{entities.output_folder(logical_name)}/{entities.METRICS_FILE}",
+        )
+        if not data:
+            return {}
+        result: dict[str, Any] = json.loads(data)
+        return result
+
+    def _log_blob(self, name: str) -> str:
+        return f"ExperimentRun/dcid.{name}/{USER_LOG}"
+
+    def _log_tail(self, name: str, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            data = self._datastore_blob(ARTIFACT_DATASTORE, self._log_blob(name))
+        except WorkspaceError:
+            return ""
+        text = (data or b"").decode(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stream_job_logs(self, name: str, *, follow: bool = True) -> Iterator[str]:
+        """The job's log lines, then (with `follow`) new ones as they come, until the job
+        reaches a terminal status (or Paused). Status changes are reported as lines too.
+
+        `jobs.stream` is not used: it raises only for Failed and hides the other endings.
+        Polling backs off from 5 s to `job_poll_seconds` while the log is quiet.
+        """
+        interval_max = self.settings.job_poll_seconds
+        interval = min(5.0, interval_max)
+        position, pending, last_status, errors = 0, "", None, 0
+        while True:
+            try:
+                job = self._get_raw_job(name)
+                if job is None:
+                    raise NotFound(f"no Azure ML job named {name!r}")
+                status = _job_status(job.status)
+                chunk = self._datastore_blob(ARTIFACT_DATASTORE, self._log_blob(name), position)
+                errors = 0
+            except WorkspaceError as exc:
+                if not exc.transient or errors >= MAX_POLL_ERRORS:
+                    raise
+                errors += 1
+                log.warning("reading job %s: %s (retrying)", name, exc)
+                self._sleep(interval)
+                continue
+            if status != last_status:
+                yield f"[azure] job {name}: {status.value}"
+                last_status = status
+            if chunk:
+                position += len(chunk)
+                pending += chunk.decode(errors="replace")
+                *lines, pending = pending.split("\n")
+                yield from lines
+                interval = min(5.0, interval_max)
+            else:
+                interval = min(interval * 1.5, interval_max)
+            if not follow or status in STREAM_STOP_STATES:
+                if pending:
+                    yield pending
+                return
+            self._sleep(interval)
+
+    def cancel_job(self, name: str) -> JobRecord:
+        job = self._get_raw_job(name)
+        if job is None:
+            raise NotFound(f"no Azure ML job named {name!r}")
+        if not _job_status(job.status).is_terminal:
+            with azure_call(f"cancel job {name}"):
+                self.ml_client.jobs.begin_cancel(name).result()
+        return self.get_job(name)
+
+    def find_jobs(self, tags: Mapping[str, str]) -> list[JobRecord]:
+        with azure_call("list jobs"):
+            jobs = list(self.ml_client.jobs.list())
+        return [
+            self._record(job)
+            for job in sorted(jobs, key=lambda j: j.name)
+            if all((job.tags or {}).get(k) == v for k, v in tags.items())
+        ]
+
+    # ------------------------------------------------------------------ models
+
+    @staticmethod
+    def _model_version(model: Any) -> ModelVersion:
+        tags = {str(k): str(v) for k, v in (model.tags or {}).items()}
+        aliases = sorted(
+            key[len(ALIAS_TAG_PREFIX) :]
+            for key, value in tags.items()
+            if key.startswith(ALIAS_TAG_PREFIX) and value == "true"
+        )
+        plain = {k: v for k, v in tags.items() if not k.startswith(ALIAS_TAG_PREFIX)}
+        return ModelVersion(
+            name=model.name,
+            version=str(model.version),
+            source=str(model.path),
+            tags=plain,
+            aliases=tuple(aliases),
+        )
+
+    def _raw_versions(self, name: str) -> list[Any]:
+        try:
+            with azure_call(f"list versions of model {name}"):
+                found = list(self.ml_client.models.list(name=name))
+        except NotFound:
+            return []
+        return sorted(found, key=lambda m: (len(str(m.version)), str(m.version)))
+
+    def register_model(
+        self, name: str, model_uri: str, *, tags: Mapping[str, str], job_name: str | None = None
+    ) -> ModelVersion:
+        """Register `model_uri` (a job output) as the next version, once per job."""
+        for _ in range(3):
+            versions = self._raw_versions(name)
+            if job_name is not None:
+                for model in versions:
+                    if (model.tags or {}).get(entities.JOB_NAME_TAG) == job_name:
+                        return self._model_version(model)
+            numbers = [int(m.version) for m in versions if str(m.version).isdigit()]
+            version = str(max(numbers, default=0) + 1)
+            all_tags = {**tags, **({entities.JOB_NAME_TAG: job_name} if job_name else {})}
+            model = entities.build_model(name, version, model_uri, all_tags)
+            try:
+                with azure_call(f"register model {name}:{version}"):
+                    created = self.ml_client.models.create_or_update(model)
+                return self._model_version(created)
+            except AzureWorkspaceError as exc:
+                if exc.status != 409:  # 409: that version was just taken; look again
+                    raise
+        raise WorkspaceError(f"register model {name}: versions kept changing; try again")
+
+    def _raw_model(self, name: str, version: str) -> Any:
+        with azure_call(f"get model {name}:{version}"):
+            return self.ml_client.models.get(name=name, version=version)
+
+    def get_model(self, name: str, version: str) -> ModelVersion:
+        return self._model_version(self._raw_model(name, version))
+
+    def get_model_by_alias(self, name: str, alias: str) -> ModelVersion | None:
+        tagged = [
+            m for m in self._raw_versions(name) if (m.tags or {}).get(_alias_tag(alias)) == "true"
+        ]
+        return self._model_version(tagged[-1]) if tagged else None
+
+    def list_model_versions(self, name: str) -> list[ModelVersion]:
+        return [self._model_version(m) for m in self._raw_versions(name)]
+
+    def set_model_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        """Add or overwrite tags of one version (Azure allows tag updates on a version)."""
+        model = self._raw_model(name, version)
+        model.tags = {**(model.tags or {}), **{str(k): str(v) for k, v in tags.items()}}
+        with azure_call(f"tag model {name}:{version}"):
+            self.ml_client.models.create_or_update(model)
+
+    def _datastore_uri(self, path: str) -> str:
+        """A model path as an `azureml://datastores/<store>/paths/<folder>/` URI: a job output
+        path is resolved through the job's output definition."""
+        match = re.match(r"azureml://jobs/([^/]+)/outputs/([^/]+)/paths/(.*)", path)
+        if match:
+            job_name, output, sub = match.groups()
+            with azure_call(f"get job {job_name}"):
+                job = self.ml_client.jobs.get(job_name)
+            base = str(job.outputs[output].path).rstrip("/")
+            return f"{base}/{sub.strip('/')}/"
+        long_form = re.match(r"azureml://subscriptions/.+?/datastores/([^/]+)/paths/(.*)", path)
+        if long_form:
+            return f"azureml://datastores/{long_form.group(1)}/paths/{long_form.group(2)}"
+        if path.startswith("azureml://datastores/"):
+            return path
+        raise WorkspaceError(f"model path {path!r} is not in a datastore this backend can read")
+
+    def download_model(self, name: str, version: str, destination: Path) -> Path:
+        """The version's files under `destination/<name>-<version>/` (kept: a second call with
+        the MLmodel already there downloads nothing)."""
+        from azure.ai.ml._artifacts._artifact_utilities import download_artifact_from_aml_uri
+
+        target = Path(destination) / f"{name}-{version}"
+        if (target / "MLmodel").is_file():
+            return target
+        uri = self._datastore_uri(str(self._raw_model(name, version).path))
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        with azure_call(f"download model {name}:{version} from {uri}"):
+            download_artifact_from_aml_uri(uri, str(partial), self.ml_client.datastores)
+        if not (partial / "MLmodel").is_file():
+            raise NotFound(f"model {name}:{version}: no MLmodel under {uri}")
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+        return target
+
+    def _retag(self, model: Any, alias: str, on: bool) -> None:
+        tags = dict(model.tags or {})
+        if on:
+            tags[_alias_tag(alias)] = "true"
+        else:
+            tags.pop(_alias_tag(alias), None)
+        model.tags = tags
+        with azure_call(f"{'set' if on else 'clear'} {alias} on {model.name}:{model.version}"):
+            self.ml_client.models.create_or_update(model)
+
+    def set_model_alias(self, name: str, alias: str, version: str) -> None:
+        target = self._raw_model(name, version)
+        if (target.tags or {}).get(_alias_tag(alias)) != "true":
+            self._retag(target, alias, True)
+        for model in self._raw_versions(name):
+            if str(model.version) != version and (model.tags or {}).get(_alias_tag(alias)):
+                self._retag(model, alias, False)
+
+    def delete_model_alias(self, name: str, alias: str) -> None:
+        for model in self._raw_versions(name):
+            if (model.tags or {}).get(_alias_tag(alias)):
+                self._retag(model, alias, False)
+
+    # ------------------------------------------------------------------ endpoints
+
+    def _raw_endpoint(self, name: str) -> Any:
+        with azure_call(f"get endpoint {name}"):
+            return self.ml_client.online_endpoints.get(name)
+
+    def get_or_create_endpoint(self, name: str) -> EndpointInfo:
+        """The endpoint, created (key auth) if it does not exist. Never deleted here."""
+        from backends.local.endpoint.rules import validate_name
+
+        validate_name("endpoint", name)
+        try:
+            endpoint = self._raw_endpoint(name)
+        except NotFound:
+            with azure_call(f"create endpoint {name}"):
+                endpoint = self.ml_client.online_endpoints.begin_create_or_update(
+                    entities.build_endpoint(name, self.settings)
+                ).result()
+        if _text(endpoint.auth_mode).lower() != "key":
+            raise WorkspaceError(
+                f"endpoint {name} exists with auth mode {endpoint.auth_mode!r}; the pipeline "
+                "uses key auth: pick another endpoint.name or change that endpoint"
+            )
+        return EndpointInfo(
+            name=endpoint.name,
+            scoring_uri=str(endpoint.scoring_uri),
+            auth_mode="key",
+            provisioning_state=_text(endpoint.provisioning_state),
+        )
+
+    def get_endpoint_keys(self, name: str) -> EndpointKeys:
+        with azure_call(f"get keys of endpoint {name}"):
+            keys = self.ml_client.online_endpoints.get_keys(name)
+        return EndpointKeys(primary=keys.primary_key, secondary=keys.secondary_key)
+
+    # ------------------------------------------------------------------ deployments
+
+    @staticmethod
+    def _deployment_info(endpoint: str, deployment: Any) -> DeploymentInfo:
+        state = _text(deployment.provisioning_state) or "Unknown"
+        tags = deployment.tags or {}
+        model = tags.get("model") or str(deployment.model or "")
+        if model.startswith("azureml:") or "/models/" in model:  # an ARM id or azureml:n:v
+            parts = model.replace("azureml:", "").rstrip("/").split("/")
+            model = f"{parts[-3]}:{parts[-1]}" if "/models/" in model else parts[-1]
+        return DeploymentInfo(
+            endpoint=endpoint,
+            name=deployment.name,
+            model=model,
+            provisioning_state=state,
+            ready=state == "Succeeded",
+        )
+
+    def create_or_update_deployment(self, spec: DeploymentSpec) -> DeploymentInfo:
+        """Create or update the deployment and wait for provisioning to end. Ready means
+        provisioning Succeeded: Azure only reports that once the readiness probe passed."""
+        from backends.local.endpoint.rules import validate_name
+
+        validate_name("deployment", spec.name)
+        environment = self.ensure_environment(self.inference_environment_spec())
+        deployment = entities.build_deployment(
+            spec,
+            environment=environment,
+            code=self._stage(entities.SERVING_PACKAGE),
+            settings=self.settings,
+        )
+        what = f"deploy {spec.model.name}:{spec.model.version} as {spec.endpoint}/{spec.name}"
+        try:
+            with azure_call(what, rules=True):
+                result = self.ml_client.online_deployments.begin_create_or_update(
+                    deployment
+                ).result()
+        except WorkspaceError as exc:
+            if isinstance(exc, RuleViolation) or exc.transient:
+                raise
+            logs = self._safe_logs(spec.endpoint, spec.name)
+            raise AzureWorkspaceError(
+                f"{exc}" + (f"\ndeployment log tail:\n{logs}" if logs else ""),
+                status=status_of(exc),
+            ) from exc
+        return self._deployment_info(spec.endpoint, result)
+
+    def _safe_logs(self, endpoint: str, name: str) -> str:
+        try:
+            return self.get_deployment_logs(endpoint, name, lines=LOG_TAIL_LINES)
+        except WorkspaceError:
+            return ""
+
+    def get_deployment(self, endpoint: str, name: str) -> DeploymentInfo | None:
+        try:
+            with azure_call(f"get deployment {endpoint}/{name}"):
+                deployment = self.ml_client.online_deployments.get(name, endpoint)
+        except NotFound:
+            return None
+        return self._deployment_info(endpoint, deployment)
+
+    def list_deployments(self, endpoint: str) -> list[DeploymentInfo]:
+        with azure_call(f"list deployments of {endpoint}"):
+            found = list(self.ml_client.online_deployments.list(endpoint))
+        return sorted((self._deployment_info(endpoint, d) for d in found), key=lambda d: d.name)
+
+    def delete_deployment(self, endpoint: str, name: str) -> None:
+        """Delete a deployment without live traffic (Azure refuses otherwise: RuleViolation).
+        A mirror share it has is removed first, as the local endpoint does."""
+        if self.get_deployment(endpoint, name) is None:
+            raise NotFound(f"endpoint {endpoint!r} has no deployment named {name!r}")
+        current = self.get_traffic(endpoint)
+        if current.mirror_traffic.get(name):
+            mirror = {k: v for k, v in current.mirror_traffic.items() if k != name}
+            self.set_traffic(endpoint, TrafficState(dict(current.traffic), mirror))
+        with azure_call(f"delete deployment {endpoint}/{name}", rules=True):
+            self.ml_client.online_deployments.begin_delete(name, endpoint).result()
+
+    def get_deployment_logs(self, endpoint: str, name: str, *, lines: int = 100) -> str:
+        with azure_call(f"logs of deployment {endpoint}/{name}"):
+            text = self.ml_client.online_deployments.get_logs(name, endpoint, lines)
+        return str(text or "")
+
+    # ------------------------------------------------------------------ traffic
+
+    def get_traffic(self, endpoint: str) -> TrafficState:
+        raw = self._raw_endpoint(endpoint)
+        return TrafficState(
+            traffic={k: int(v) for k, v in (raw.traffic or {}).items()},
+            mirror_traffic={k: int(v) for k, v in (raw.mirror_traffic or {}).items() if v},
+        )
+
+    def set_traffic(self, endpoint: str, state: TrafficState) -> TrafficState:
+        """Both maps in one endpoint update (Azure checks its rules: RuleViolation), then
+        what Azure reports back."""
+        raw = self._raw_endpoint(endpoint)
+        raw.traffic = {k: int(v) for k, v in state.traffic.items()}
+        raw.mirror_traffic = {k: int(v) for k, v in state.mirror_traffic.items() if v}
+        with azure_call(f"set traffic of {endpoint}", rules=True):
+            self.ml_client.online_endpoints.begin_create_or_update(raw).result()
+        return self.get_traffic(endpoint)
+
+    # ------------------------------------------------------------------ scoring
+
+    def _scoring_target(self, endpoint: str, *, refresh: bool = False) -> tuple[str, str]:
+        cached = self._scoring.get(endpoint)
+        if cached and not refresh and time.monotonic() - cached[2] < KEY_CACHE_SECONDS:
+            return cached[0], cached[1]
+        uri = str(self._raw_endpoint(endpoint).scoring_uri)
+        key = self.get_endpoint_keys(endpoint).primary
+        self._scoring[endpoint] = (uri, key, time.monotonic())
+        return uri, key
+
+    def invoke(
+        self,
+        endpoint: str,
+        request: Mapping[str, Any],
+        *,
+        deployment: str | None = None,
+        timeout: float = 60.0,
+    ) -> Any:
+        """POST `request` to the scoring URI with the primary key (one deployment with
+        `deployment`, via the azureml-model-deployment header). Keys are cached a few minutes
+        and fetched again once on a 401 (a rotated key)."""
+        target = f"deployment {deployment!r} of " if deployment else ""
+        for attempt in (1, 2):
+            uri, key = self._scoring_target(endpoint, refresh=attempt == 2)
+            headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+            if deployment is not None:
+                headers[DEPLOYMENT_HEADER] = deployment
+            with azure_call(f"{target}endpoint {endpoint!r} at {uri}"):
+                response = self.http.post(uri, json=dict(request), headers=headers, timeout=timeout)
+            if response.status_code == 401 and attempt == 1:
+                continue
+            break
+        if response.status_code >= 400:
+            message = (
+                f"{target}endpoint {endpoint!r} answered {response.status_code}: "
+                f"{response.text[:2000]}"
+            )
+            if response.status_code == 404:
+                raise NotFound(message)
+            transient = response.status_code >= 500 or response.status_code in (408, 429)
+            raise AzureWorkspaceError(message, transient=transient, status=response.status_code)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise WorkspaceError(
+                f"{target}endpoint {endpoint!r} answered {response.status_code} with a body that "
+                f"is not JSON: {response.text[:200]!r}"
+            ) from exc

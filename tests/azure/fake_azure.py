@@ -1,0 +1,1014 @@
+"""A small stateful fake of the Azure ML REST resources the Azure backend uses.
+
+It sits under the REAL `MLClient` (and the real azure-storage-blob clients the SDK uploads
+with): `responses` intercepts every HTTP request `requests` would send, and `FakeAzureML.handle`
+answers it from in-memory state. Nothing of the backend is mocked; only the service is fake.
+
+What it models, with the service's rules:
+- ARM resources under one workspace: environments and code versions, computes, jobs, models,
+  datastores (+ listSecrets), online endpoints and deployments, the workspace itself, VM sizes
+  and usages of the region;
+- long-running operations the SDK polls: a PUT/DELETE answers 201/202 with an
+  `Azure-AsyncOperation` URL that says InProgress `lro_polls` times, then Succeeded/Failed;
+- jobs move NotStarted -> Starting -> Preparing -> Queued -> Running -> Finalizing -> a final
+  state, one step per GET of the job, writing the trainer's log to the artifact store and (on
+  Completed) metrics.json + mlflow_model/MLmodel to the job output folder; cancel goes through
+  CancelRequested to Canceled; a job name can be created once;
+- traffic: names must be deployments, live traffic sums to 100 or 0, mirror goes to at most one
+  deployment, at most 50 %, never to one with live traffic; a deployment with live traffic
+  cannot be deleted;
+- blob storage (what the SDK's uploads and the backend's reads need): put/get/head blobs,
+  metadata, ranges;
+- scoring: `POST https://<endpoint>.<region>.inference.ml.azure.com/score` with the key; the
+  `azureml-model-deployment` header picks a deployment, else the traffic map (seeded draw);
+  mirrored requests are counted. Each deployment answers through `serving.contract` (the same
+  request validation as the real scoring script) with a canned reply, or with what
+  `scorers[deployment]` returns;
+- faults: `inject(method, path_pattern, kind)` makes matching requests fail with 429 (+
+  Retry-After), 503, a connection reset (before or after the service acted), 401 or a quota
+  error.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import email.utils
+import hashlib
+import itertools
+import json
+import random
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import requests
+import responses
+
+from serving import contract
+
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+RESOURCE_GROUP = "rg-finetune"
+WORKSPACE = "ws-finetune"
+REGION = "eastus2"
+STORAGE_ACCOUNT = "wsfinetunestorage"
+BLOB_CONTAINER = "azureml-blobstore-0000"
+ARTIFACT_CONTAINER = "azureml"
+ARM = "https://management.azure.com"
+WS_PATH = (
+    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
+    f"/providers/Microsoft.MachineLearningServices/workspaces/{WORKSPACE}"
+)
+LOCATION_PATH = (
+    f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.MachineLearningServices/locations"
+)
+JOB_PROGRESSION = ("NotStarted", "Starting", "Preparing", "Queued", "Running", "Finalizing")
+TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding"}
+# VM sizes offered in the fake region: name -> (family, vCPUs, GPUs)
+VM_SIZES = {
+    "Standard_NC24ads_A100_v4": ("standardNCADSA100v4Family", 24, 1),
+    "Standard_E4s_v3": ("standardESv3Family", 4, 0),
+    "Standard_DS3_v2": ("standardDSv2Family", 4, 0),
+}
+
+
+def _now() -> str:
+    return "2026-11-01T00:00:00.000000+00:00"
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Any:
+    body = {"error": {"code": code, "message": message}}
+    return status, {"x-ms-error-code": code, **(headers or {})}, json.dumps(body)
+
+
+@dataclass
+class Fault:
+    method: str
+    pattern: re.Pattern[str]
+    kind: str  # "429" | "503" | "reset" | "reset-after" | "401" | "quota" | "timeout"
+    times: int = 1
+    retry_after: str = "0"
+
+
+@dataclass
+class Operation:
+    polls_left: int
+    on_done: Callable[[], None]
+    failure: str | None = None  # error message when the operation ends Failed
+    done: bool = False
+
+
+@dataclass
+class FakeJob:
+    name: str
+    body: dict[str, Any]
+    status: str = "NotStarted"
+    outcome: str = "Completed"  # where it ends up
+    log: list[str] = field(default_factory=list)
+
+
+class FakeAzureML:
+    """State + one `handle(request)` that answers like the Azure ML service (see module doc)."""
+
+    def __init__(self, *, lro_polls: int = 1, seed: int = 0) -> None:
+        self.lock = threading.RLock()
+        self.lro_polls = lro_polls
+        self.poll_delay_ms = "1"
+        self.rng = random.Random(seed)
+        self.resources: dict[str, dict[str, Any]] = {}  # ARM path (lower case) -> resource
+        self.jobs: dict[str, FakeJob] = {}
+        self.operations: dict[str, Operation] = {}
+        self.blobs: dict[tuple[str, str], tuple[bytes, dict[str, str]]] = {}
+        self.faults: list[Fault] = []
+        self.calls: list[tuple[str, str]] = []  # (method, path) of every request, in order
+        self.keys = {"primary": "primary-key-" + "a" * 20, "secondary": "secondary-key-" + "b" * 20}
+        self.scorers: dict[str, Callable[[dict[str, Any]], tuple[int, Any]]] = {}
+        self.scored: list[tuple[str, str]] = []  # (deployment, "live" | "direct" | "mirror")
+        self.deployment_failures: dict[str, str] = {}  # deployment name -> provisioning error
+        self.job_outcomes: dict[str, str] = {}  # job name -> final state it reaches
+        self.default_job_outcome = "Completed"
+        self.authenticated = True
+        self.quota: dict[str, tuple[int, int]] = {  # family -> (used, limit) vCPUs
+            "standardNCADSA100v4Family": (0, 24),
+            "standardESv3Family": (0, 32),
+            "standardDSv2Family": (0, 32),
+        }
+        self._add_workspace()
+
+    # ------------------------------------------------------------------ wiring
+
+    def install(self, rsps: responses.RequestsMock) -> None:
+        for method in ("GET", "PUT", "POST", "PATCH", "DELETE", "HEAD"):
+            rsps.add_callback(method, re.compile(r"https://.*"), callback=self.handle)
+
+    def inject(
+        self, method: str, pattern: str, kind: str, *, times: int = 1, retry_after: str = "0"
+    ) -> None:
+        """Make the next `times` requests `method` on a path matching `pattern` fail."""
+        self.faults.append(Fault(method.upper(), re.compile(pattern), kind, times, retry_after))
+
+    def count(self, method: str, pattern: str) -> int:
+        regex = re.compile(pattern)
+        return sum(1 for m, p in self.calls if m == method and regex.search(p))
+
+    # ------------------------------------------------------------------ dispatch
+
+    def handle(self, request: Any) -> Any:
+        url = urlparse(request.url)
+        method = request.method.upper()
+        with self.lock:
+            self.calls.append((method, url.path))
+            fault = self._fault(method, url.path)
+            if fault is not None and fault.kind not in ("reset-after",):
+                return self._fail(fault)
+            result = self._route(request, url, method)
+            if fault is not None:  # reset-after: the service acted, the answer is lost
+                raise requests.exceptions.ConnectionError("Connection reset by peer (fake)")
+            return result
+
+    def _fault(self, method: str, path: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.times > 0 and fault.method == method and fault.pattern.search(path):
+                fault.times -= 1
+                return fault
+        return None
+
+    def _fail(self, fault: Fault) -> Any:
+        if fault.kind == "429":
+            return _error(
+                429, "TooManyRequests", "Rate limit exceeded", {"Retry-After": fault.retry_after}
+            )
+        if fault.kind == "503":
+            return _error(503, "ServiceUnavailable", "The service is temporarily unavailable")
+        if fault.kind == "401":
+            return _error(401, "InvalidAuthenticationToken", "The access token is invalid")
+        if fault.kind == "quota":
+            return _error(
+                400,
+                "QuotaExceeded",
+                "Not enough quota available for Standard_NC24ads_A100_v4 in eastus2",
+            )
+        if fault.kind == "reset":
+            raise requests.exceptions.ConnectionError("Connection reset by peer (fake)")
+        raise AssertionError(f"unknown fault {fault.kind}")
+
+    def _route(self, request: Any, url: Any, method: str) -> Any:
+        host = url.hostname or ""
+        if host.endswith(".blob.core.windows.net"):
+            return self._blob(request, url, method)
+        if host.endswith(".inference.ml.azure.com"):
+            return self._score(request, host.split(".")[0])
+        if host == "management.azure.com":
+            if not self.authenticated:
+                return _error(401, "InvalidAuthenticationToken", "The access token is invalid")
+            path = unquote(url.path)
+            if path.startswith("/operations/"):
+                return self._poll(path.split("/")[-1])
+            if path.lower().startswith(LOCATION_PATH.lower()):
+                return self._location(path[len(LOCATION_PATH) :])
+            if path.lower().startswith(WS_PATH.lower()):
+                body = json.loads(request.body) if request.body else None
+                query = parse_qs(url.query)
+                return self._workspace_resource(path, path[len(WS_PATH) :], method, body, query)
+        return _error(404, "NotFound", f"the fake has no {method} {request.url}")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _ok(self, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Any:
+        return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(body)
+
+    def _lro(
+        self,
+        status: int,
+        body: Any,
+        on_done: Callable[[], None],
+        failure: str | None = None,
+        location: bool = False,
+    ) -> Any:
+        op_id = uuid.uuid4().hex
+        self.operations[op_id] = Operation(self.lro_polls, on_done, failure)
+        op_url = f"{ARM}/operations/{op_id}?api-version=2023-04-01-preview"
+        # The SDK's poller waits Retry-After (or its 5-30 s default when none or 0 is given).
+        headers = {"Azure-AsyncOperation": op_url, "retry-after-ms": self.poll_delay_ms}
+        if location:
+            headers["Location"] = op_url
+        if body is None:
+            return status, headers, ""
+        return self._ok(body, status, headers)
+
+    def _poll(self, op_id: str) -> Any:
+        op = self.operations.get(op_id)
+        if op is None:
+            return _error(404, "NotFound", "no such operation")
+        if op.polls_left > 0:
+            op.polls_left -= 1
+            return self._ok(
+                {"status": "InProgress"}, headers={"retry-after-ms": self.poll_delay_ms}
+            )
+        if not op.done:
+            op.done = True
+            op.on_done()
+        if op.failure:
+            return self._ok(
+                {"status": "Failed", "error": {"code": "DeploymentFailed", "message": op.failure}}
+            )
+        return self._ok({"status": "Succeeded"})
+
+    def _arm_id(self, rel: str) -> str:
+        return WS_PATH + rel
+
+    def _store(self, rel: str, resource: dict[str, Any]) -> dict[str, Any]:
+        self.resources[rel.lower()] = resource
+        return resource
+
+    def _get(self, rel: str) -> dict[str, Any] | None:
+        return self.resources.get(rel.lower())
+
+    def _children(self, rel: str) -> list[dict[str, Any]]:
+        prefix = rel.lower().rstrip("/") + "/"
+        return [
+            res
+            for key, res in sorted(self.resources.items())
+            if key.startswith(prefix) and "/" not in key[len(prefix) :]
+        ]
+
+    def _resource(self, rel: str, name: str, body: dict[str, Any], kind: str) -> dict[str, Any]:
+        resource = copy.deepcopy(body)
+        resource.update(
+            id=self._arm_id(rel),
+            name=name,
+            type=f"Microsoft.MachineLearningServices/workspaces/{kind}",
+            systemData={"createdAt": _now(), "createdBy": "fake", "lastModifiedAt": _now()},
+        )
+        return resource
+
+    # ------------------------------------------------------------------ the workspace
+
+    def _add_workspace(self) -> None:
+        self.workspace = {
+            "id": WS_PATH,
+            "name": WORKSPACE,
+            "location": REGION,
+            "type": "Microsoft.MachineLearningServices/workspaces",
+            "properties": {
+                "friendlyName": WORKSPACE,
+                "storageAccount": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
+                f"/providers/Microsoft.Storage/storageAccounts/{STORAGE_ACCOUNT}",
+                "discoveryUrl": f"https://{REGION}.api.azureml.ms/discovery",
+                "mlFlowTrackingUri": f"azureml://{REGION}.api.azureml.ms/mlflow/v1.0{WS_PATH}",
+                "provisioningState": "Succeeded",
+            },
+        }
+        for name, container, default in (
+            ("workspaceblobstore", BLOB_CONTAINER, True),
+            ("workspaceartifactstore", ARTIFACT_CONTAINER, False),
+        ):
+            rel = f"/datastores/{name}"
+            self._store(
+                rel,
+                {
+                    "id": self._arm_id(rel),
+                    "name": name,
+                    "type": "Microsoft.MachineLearningServices/workspaces/datastores",
+                    "properties": {
+                        "datastoreType": "AzureBlob",
+                        "accountName": STORAGE_ACCOUNT,
+                        "containerName": container,
+                        "endpoint": "core.windows.net",
+                        "protocol": "https",
+                        "isDefault": default,
+                        "credentials": {"credentialsType": "AccountKey"},
+                    },
+                },
+            )
+
+    def _location(self, rest: str) -> Any:
+        parts = rest.strip("/").split("/")
+        if parts[0] != REGION:
+            return self._ok({"value": []})
+        if parts[1] == "vmSizes":
+            return self._ok(
+                {
+                    "value": [
+                        {
+                            "name": name,
+                            "family": family,
+                            "vCPUs": vcpus,
+                            "gpus": gpus,
+                            "memoryGB": 64.0,
+                            "supportedComputeTypes": ["AmlCompute", "ComputeInstance"],
+                        }
+                        for name, (family, vcpus, gpus) in VM_SIZES.items()
+                    ]
+                }
+            )
+        if parts[1] == "usages":
+            return self._ok(
+                {
+                    "value": [
+                        {
+                            "id": f"{LOCATION_PATH}/{REGION}/usages/{family}",
+                            "type": "Microsoft.MachineLearningServices/totalCores/usages",
+                            "unit": "Count",
+                            "currentValue": used,
+                            "limit": limit,
+                            "name": {"value": family, "localizedValue": family},
+                        }
+                        for family, (used, limit) in self.quota.items()
+                    ]
+                }
+            )
+        return _error(404, "NotFound", rest)
+
+    def _workspace_resource(
+        self, full: str, rel: str, method: str, body: Any, query: dict[str, list[str]]
+    ) -> Any:
+        parts = [p for p in rel.split("/") if p]
+        if not parts:
+            return self._ok(self.workspace) if method == "GET" else _error(405, "NotAllowed", rel)
+        kind = parts[0]
+        handler = {
+            "environments": self._versioned,
+            "codes": self._versioned,
+            "models": self._versioned,
+            "data": self._versioned,
+            "computes": self._compute,
+            "jobs": self._job,
+            "datastores": self._datastore,
+            "onlineEndpoints": self._endpoint,
+        }.get(kind)
+        if handler is None:
+            return _error(404, "NotFound", f"the fake has no {kind}")
+        return handler(rel, parts, method, body, query)
+
+    # ------------------------------------------------------------------ versioned assets
+
+    def _versioned(
+        self, rel: str, parts: list[str], method: str, body: Any, query: dict[str, list[str]]
+    ) -> Any:
+        kind = parts[0]
+        if len(parts) == 2:  # the container
+            if method == "GET":
+                container = self._get(rel)
+                if container is None:
+                    return _error(404, "UserError", f"{kind} {parts[1]} not found")
+                return self._ok(container)
+            if method == "PUT":
+                return self._ok(self._store(rel, self._resource(rel, parts[1], body, kind)))
+        if len(parts) == 3 and parts[2] == "versions" and method == "GET":
+            if kind == "codes" and query.get("hash"):  # content lookup: workspace-wide
+                wanted = query["hash"][0]
+                found = [
+                    res
+                    for key, res in sorted(self.resources.items())
+                    if key.startswith("/codes/")
+                    and "/versions/" in key
+                    and res["properties"].get("properties", {}).get("hash_sha256") == wanted
+                ]
+                return self._ok({"value": found})
+            versions = self._children(rel)
+            return self._ok({"value": versions})
+        if len(parts) == 5 and parts[4] == "startPendingUpload" and method == "POST":
+            container = f"code-{uuid.uuid4().hex[:12]}"
+            account = f"https://{STORAGE_ACCOUNT}.blob.core.windows.net"
+            return self._ok(
+                {
+                    "blobReferenceForConsumption": {
+                        "blobUri": f"{account}/{container}",
+                        "storageAccountArmId": "fake",
+                        "credential": {
+                            "credentialType": "SAS",
+                            "sasUri": f"{account}/{container}?sv=2025-01-05&sig=fake",
+                        },
+                    },
+                    "pendingUploadId": uuid.uuid4().hex,
+                    "pendingUploadType": "TemporaryBlobReference",
+                }
+            )
+        if len(parts) == 4:
+            name, version = parts[1], parts[3]
+            existing = self._get(rel)
+            if method == "GET":
+                if existing is None:
+                    return _error(404, "UserError", f"{kind} {name}:{version} not found")
+                return self._ok(existing)
+            if method == "PUT":
+                return self._put_version(rel, kind, name, version, body, existing)
+        return _error(405, "NotAllowed", f"{method} {rel}")
+
+    def _put_version(
+        self, rel: str, kind: str, name: str, version: str, body: Any, existing: Any
+    ) -> Any:
+        props = body.get("properties", {})
+        if kind == "models":
+            path = props.get("modelUri")
+            if not path:
+                return _error(400, "UserError", "modelUri is required")
+            if existing is not None and existing["properties"].get("modelUri") != path:
+                # The SDK recognises this exact message (ASSET_PATH_ERROR).
+                return _error(
+                    409, "UserError", "The specified asset path is different from the existing one"
+                )
+            match = re.match(r"azureml://jobs/([^/]+)/outputs/([^/]+)/paths/(.+)", path)
+            if match:
+                job = self.jobs.get(match.group(1))
+                if job is None or job.status != "Completed":
+                    return _error(400, "UserError", f"job {match.group(1)} has no outputs")
+        if kind == "environments":
+            if existing is not None:
+                mutable = ("description", "tags", "properties", "isArchived")
+                old = {k: v for k, v in existing["properties"].items() if k not in mutable}
+                new = {k: v for k, v in props.items() if k not in mutable}
+                old.pop("provisioningState", None)
+                if old != new:
+                    return _error(
+                        409, "UserError", f"environment {name}:{version} exists and is immutable"
+                    )
+            if not props.get("image") and not props.get("build"):
+                return _error(400, "UserError", "an environment needs an image or a build")
+        if kind == "codes":
+            uri = props.get("codeUri", "")
+            if not self._blob_exists_under(uri):
+                return _error(400, "UserError", f"code {name}:{version}: nothing at {uri}")
+        resource = self._resource(rel, version, body, f"{kind}/versions")
+        if kind == "environments":
+            resource["properties"]["provisioningState"] = "Succeeded"
+        if kind == "models" and resource["properties"].get("modelType") == "mlflow_model":
+            # The service reads the flavors from the MLmodel file.
+            resource["properties"].setdefault(
+                "flavors", {"python_function": {"data": {"loader_module": "mlflow.transformers"}}}
+            )
+        if kind == "models":
+            resource["properties"].setdefault("flavors", {})
+        self._store(
+            rel.rsplit("/versions/", 1)[0],
+            self._resource(rel.rsplit("/versions/", 1)[0], name, {"properties": {}}, kind),
+        ) if self._get(rel.rsplit("/versions/", 1)[0]) is None else None
+        return self._ok(self._store(rel, resource), 200 if existing else 201)
+
+    # ------------------------------------------------------------------ compute
+
+    def _compute(
+        self, rel: str, parts: list[str], method: str, body: Any, query: dict[str, list[str]]
+    ) -> Any:
+        existing = self._get(rel)
+        if method == "GET":
+            if existing is None:
+                return _error(404, "ResourceNotFound", f"compute {parts[1]} not found")
+            return self._ok(existing)
+        if method == "PUT":
+            props = body["properties"]
+            if props.get("computeType") != "AmlCompute":
+                return _error(400, "BadRequest", "only AmlCompute in this fake")
+            size = props["properties"]["vmSize"]
+            if size not in VM_SIZES:
+                return _error(400, "BadRequest", f"VM size {size} is not offered in {REGION}")
+            scale = props["properties"]["scaleSettings"]
+            if int(scale.get("minNodeCount", 0)) > int(scale["maxNodeCount"]):
+                return _error(400, "BadRequest", "minNodeCount exceeds maxNodeCount")
+            resource = self._resource(rel, parts[1], body, "computes")
+            resource["location"] = body.get("location", REGION)
+            resource["properties"]["provisioningState"] = "Creating"
+            self._store(rel, resource)
+
+            def done() -> None:
+                resource["properties"]["provisioningState"] = "Succeeded"
+
+            return self._lro(201, resource, done)
+        return _error(405, "NotAllowed", f"{method} {rel}")
+
+    # ------------------------------------------------------------------ datastores
+
+    def _datastore(
+        self, rel: str, parts: list[str], method: str, body: Any, query: dict[str, list[str]]
+    ) -> Any:
+        if len(parts) == 1 and method == "GET":
+            stores = self._children("/datastores")
+            if query.get("isDefault") == ["true"]:
+                stores = [s for s in stores if s["properties"]["isDefault"]]
+            return self._ok({"value": stores})
+        if len(parts) == 2 and method == "GET":
+            found = self._get(rel)
+            return self._ok(found) if found else _error(404, "UserError", "no such datastore")
+        if len(parts) == 3 and parts[2] == "listSecrets" and method == "POST":
+            key = base64.b64encode(b"fake-storage-account-key").decode()
+            return self._ok({"secretsType": "AccountKey", "key": key})
+        return _error(405, "NotAllowed", f"{method} {rel}")
+
+    # ------------------------------------------------------------------ jobs
+
+    def _job_resource(self, job: FakeJob) -> dict[str, Any]:
+        resource = copy.deepcopy(job.body)
+        resource["properties"]["status"] = job.status
+        resource["properties"].setdefault("services", {})["Studio"] = {
+            "jobServiceType": "Studio",
+            "endpoint": f"https://ml.azure.com/runs/{job.name}?wsid={WS_PATH}",
+        }
+        return resource
+
+    def _job(
+        self, rel: str, parts: list[str], method: str, body: Any, query: dict[str, list[str]]
+    ) -> Any:
+        if len(parts) == 1 and method == "GET":
+            return self._ok({"value": [self._job_resource(j) for j in self.jobs.values()]})
+        name = parts[1]
+        job = self.jobs.get(name)
+        if len(parts) == 2 and method == "GET":
+            if job is None:
+                return _error(404, "UserError", f"job {name} not found")
+            self._advance(job)
+            return self._ok(self._job_resource(job))
+        if len(parts) == 2 and method == "PUT":
+            if job is not None:
+                return _error(409, "UserError", f"a job named {name} already exists")
+            problem = self._check_job(body)
+            if problem:
+                return _error(400, "UserError", problem)
+            job = FakeJob(name, self._resource(rel, name, body, "jobs"))
+            job.outcome = self.job_outcomes.get(name, self.default_job_outcome)
+            self.jobs[name] = job
+            return self._ok(self._job_resource(job), 201)
+        if len(parts) == 3 and parts[2] == "cancel" and method == "POST":
+            if job is None:
+                return _error(404, "UserError", f"job {name} not found")
+            if job.status in TERMINAL:
+                return _error(400, "UserError", f"job {name} is already {job.status}")
+            job.status = "CancelRequested"
+
+            def done() -> None:
+                job.status = "Canceled"
+                self._log(job, "job canceled")
+
+            return self._lro(202, None, done, location=True)
+        return _error(405, "NotAllowed", f"{method} {rel}")
+
+    def _check_job(self, body: dict[str, Any]) -> str | None:
+        """The service's checks on a command job: every referenced thing must exist."""
+        props = body.get("properties", {})
+        if props.get("jobType") != "Command":
+            return "only command jobs in this fake"
+        if not props.get("command"):
+            return "command is required"
+        refs = {
+            "computeId": props.get("computeId"),
+            "environmentId": props.get("environmentId"),
+            "codeId": props.get("codeId"),
+        }
+        for key, ref in refs.items():
+            if not ref:
+                return f"{key} is required"
+            rel = ref.split(WORKSPACE, 1)[-1] if ref.lower().startswith("/subscriptions/") else None
+            if rel is None or self._get(rel) is None:
+                return f"{key} {ref} does not exist"
+        for name, data in (props.get("inputs") or {}).items():
+            uri = data.get("uri", "")
+            if not self._blob_exists_under(uri):
+                return f"input {name}: nothing at {uri}"
+        return None
+
+    def _advance(self, job: FakeJob) -> None:
+        """One step of the job's life per GET (Paused/terminal states stay)."""
+        if job.status in TERMINAL or job.status in ("Paused", "CancelRequested"):
+            return
+        if job.status in JOB_PROGRESSION:
+            index = JOB_PROGRESSION.index(job.status)
+            if index + 1 < len(JOB_PROGRESSION):
+                job.status = JOB_PROGRESSION[index + 1]
+                if job.status == "Running":
+                    self._log(job, f"fine-tuning {job.name}")
+                    self._log(job, "step 1/2 loss 2.5")
+                return
+        if job.outcome == "Paused":
+            job.status = "Paused"
+            return
+        job.status = job.outcome
+        if job.outcome == "Completed":
+            self._log(job, "step 2/2 loss 1.5")
+            self._log(job, "done: model saved")
+            self._write_outputs(job)
+        elif job.outcome == "Failed":
+            self._log(job, "Traceback (most recent call last):")
+            self._log(job, "RuntimeError: CUDA out of memory (fake)")
+
+    def _log(self, job: FakeJob, line: str) -> None:
+        job.log.append(line)
+        blob = f"ExperimentRun/dcid.{job.name}/user_logs/std_log.txt"
+        self.blobs[(ARTIFACT_CONTAINER, blob)] = (("\n".join(job.log) + "\n").encode(), {})
+
+    def _write_outputs(self, job: FakeJob) -> None:
+        output = job.body["properties"]["outputs"]["model"]
+        uri = output["uri"]
+        match = re.match(r"azureml://datastores/([^/]+)/paths/(.+)", uri)
+        assert match, uri
+        folder = match.group(2).rstrip("/")
+        metrics = {
+            "config_hash": job.body["properties"]["tags"].get("trainer_config_hash", "0" * 64),
+            "train_loss": 1.5,
+            "eval_loss": 1.6,
+            "eval_loss_before": 2.6,
+            "mlflow_run_id": f"run-{job.name}",
+        }
+        self.blobs[(BLOB_CONTAINER, f"{folder}/metrics.json")] = (json.dumps(metrics).encode(), {})
+        self.blobs[(BLOB_CONTAINER, f"{folder}/mlflow_model/MLmodel")] = (b"flavors: {}\n", {})
+
+    def set_job_status(self, name: str, status: str) -> None:
+        self.jobs[name].status = status
+
+    # ------------------------------------------------------------------ endpoints
+
+    def _endpoint_rel(self, name: str) -> str:
+        return f"/onlineEndpoints/{name}"
+
+    def _deployments_of(self, endpoint: str) -> dict[str, dict[str, Any]]:
+        return {d["name"]: d for d in self._children(f"/onlineEndpoints/{endpoint}/deployments")}
+
+    def _endpoint(
+        self, rel: str, parts: list[str], method: str, body: Any, query: dict[str, list[str]]
+    ) -> Any:
+        if len(parts) >= 3 and parts[2] == "deployments":
+            return self._deployment(rel, parts, method, body, query)
+        name = parts[1]
+        existing = self._get(self._endpoint_rel(name))
+        if len(parts) == 3 and parts[2] == "listKeys" and method == "POST":
+            if existing is None:
+                return _error(404, "UserError", f"endpoint {name} not found")
+            return self._ok(
+                {"primaryKey": self.keys["primary"], "secondaryKey": self.keys["secondary"]}
+            )
+        if len(parts) != 2:
+            return _error(405, "NotAllowed", f"{method} {rel}")
+        if method == "GET":
+            if existing is None:
+                return _error(404, "UserError", f"endpoint {name} not found")
+            return self._ok(existing)
+        if method in ("PUT", "PATCH"):
+            props = body.get("properties", {})
+            if existing is None and method == "PATCH":
+                return _error(404, "UserError", f"endpoint {name} not found")
+            traffic = props.get("traffic")
+            mirror = props.get("mirrorTraffic")
+            deployments = self._deployments_of(name)
+            if existing is None:
+                if traffic:
+                    return _error(400, "BadRequest", "a new endpoint has no deployments")
+                resource = self._resource(rel, name, body, "onlineEndpoints")
+                resource["location"] = body.get("location", REGION)
+                resource["properties"].update(
+                    scoringUri=f"https://{name}.{REGION}.inference.ml.azure.com/score",
+                    swaggerUri=f"https://{name}.{REGION}.inference.ml.azure.com/swagger.json",
+                    provisioningState="Creating",
+                    traffic={},
+                    mirrorTraffic={},
+                )
+                self._store(self._endpoint_rel(name), resource)
+
+                def created() -> None:
+                    resource["properties"]["provisioningState"] = "Succeeded"
+
+                return self._lro(201, resource, created)
+            if props.get("authMode") and props["authMode"] != existing["properties"]["authMode"]:
+                return _error(400, "BadRequest", "authMode cannot change")
+            new_traffic = traffic if traffic is not None else existing["properties"]["traffic"]
+            new_mirror = mirror if mirror is not None else existing["properties"]["mirrorTraffic"]
+            problem = traffic_problem(new_traffic, new_mirror, set(deployments))
+            if problem:
+                return _error(400, "BadRequest", problem)
+            existing["properties"]["provisioningState"] = "Updating"
+
+            def updated() -> None:
+                # Azure: deployments not named in the map get 0 %.
+                existing["properties"]["traffic"] = {
+                    d: int(new_traffic.get(d, 0)) for d in self._deployments_of(name)
+                }
+                existing["properties"]["mirrorTraffic"] = {
+                    d: int(p) for d, p in new_mirror.items() if int(p) > 0
+                }
+                existing["properties"]["provisioningState"] = "Succeeded"
+                if body.get("tags") is not None:
+                    existing["tags"] = body["tags"]
+
+            return self._lro(200, existing, updated)
+        return _error(405, "NotAllowed", f"{method} {rel}")
+
+    def _deployment(
+        self, rel: str, parts: list[str], method: str, body: Any, query: dict[str, list[str]]
+    ) -> Any:
+        endpoint_name = parts[1]
+        endpoint = self._get(self._endpoint_rel(endpoint_name))
+        if endpoint is None:
+            return _error(404, "UserError", f"endpoint {endpoint_name} not found")
+        if len(parts) == 3 and method == "GET":
+            return self._ok({"value": list(self._deployments_of(endpoint_name).values())})
+        name = parts[3]
+        drel = f"/onlineEndpoints/{endpoint_name}/deployments/{name}"
+        existing = self._get(drel)
+        if len(parts) == 5 and parts[4] == "getLogs" and method == "POST":
+            if existing is None:
+                return _error(404, "UserError", f"deployment {name} not found")
+            tail = int((body or {}).get("tail") or 100)
+            lines = existing.setdefault("_logs", [])[-tail:]
+            return self._ok({"content": "\n".join(lines)})
+        if len(parts) != 4:
+            return _error(405, "NotAllowed", f"{method} {rel}")
+        if method == "GET":
+            if existing is None:
+                return _error(404, "UserError", f"deployment {name} not found")
+            return self._ok(self._public(existing))
+        if method == "PUT":
+            props = body.get("properties", {})
+            for key in ("model", "environmentId"):
+                ref = props.get(key) or ""
+                rel_ref = ref.split(WORKSPACE, 1)[-1] if ref.startswith("/subscriptions/") else ""
+                if not rel_ref or self._get(rel_ref) is None:
+                    return _error(400, "BadRequest", f"{key} {ref!r} does not exist")
+            code = (props.get("codeConfiguration") or {}).get("codeId", "")
+            if not self._get(code.split(WORKSPACE, 1)[-1]):
+                return _error(400, "BadRequest", f"code {code!r} does not exist")
+            if props.get("instanceType") not in VM_SIZES:
+                return _error(400, "BadRequest", f"instance type {props.get('instanceType')}")
+            resource = self._resource(drel, name, body, "onlineEndpoints/deployments")
+            resource["location"] = body.get("location", REGION)
+            resource["properties"]["provisioningState"] = (
+                "Creating" if existing is None else "Updating"
+            )
+            resource["properties"].setdefault("scaleSettings", {"scaleType": "Default"})
+            resource["_logs"] = [f"{name}: pulling image", f"{name}: init() loading model"]
+            self._store(drel, resource)
+            failure = self.deployment_failures.get(name)
+
+            def done() -> None:
+                state = "Failed" if failure else "Succeeded"
+                resource["properties"]["provisioningState"] = state
+                resource["_logs"].append(failure or f"{name}: readiness probe passed")
+
+            return self._lro(
+                201 if existing is None else 200, self._public(resource), done, failure
+            )
+        if method == "DELETE":
+            if existing is None:
+                return _error(404, "UserError", f"deployment {name} not found")
+            live = int(endpoint["properties"]["traffic"].get(name, 0))
+            if live > 0:
+                return _error(
+                    400,
+                    "BadRequest",
+                    f"cannot delete deployment {name}: it receives {live}% of live traffic",
+                )
+            existing["properties"]["provisioningState"] = "Deleting"
+
+            def deleted() -> None:
+                self.resources.pop(drel.lower(), None)
+                endpoint["properties"]["traffic"].pop(name, None)
+                endpoint["properties"]["mirrorTraffic"].pop(name, None)
+
+            return self._lro(202, None, deleted, location=True)
+        return _error(405, "NotAllowed", f"{method} {rel}")
+
+    @staticmethod
+    def _public(resource: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in resource.items() if not k.startswith("_")}
+
+    # ------------------------------------------------------------------ scoring
+
+    def _score(self, request: Any, endpoint_name: str) -> Any:
+        endpoint = self._get(self._endpoint_rel(endpoint_name))
+        if endpoint is None:
+            return 404, {}, "endpoint not found"
+        auth = request.headers.get("Authorization", "")
+        if auth not in (f"Bearer {self.keys['primary']}", f"Bearer {self.keys['secondary']}"):
+            return 401, {}, json.dumps({"message": "key_auth_access_denied"})
+        deployments = self._deployments_of(endpoint_name)
+        direct = request.headers.get("azureml-model-deployment")
+        if direct:
+            if direct not in deployments:
+                return 404, {}, json.dumps({"message": f"deployment {direct} not found"})
+            target, how = direct, "direct"
+        else:
+            live = sorted((n, p) for n, p in endpoint["properties"]["traffic"].items() if p > 0)
+            if not live:
+                return 503, {}, json.dumps({"message": "no deployment receives traffic"})
+            names, weights = zip(*live, strict=True)
+            target, how = self.rng.choices(names, weights)[0], "live"
+            for mirror, pct in endpoint["properties"]["mirrorTraffic"].items():
+                if self.rng.random() * 100 < pct:
+                    self.scored.append((mirror, "mirror"))
+        if deployments[target]["properties"]["provisioningState"] != "Succeeded":
+            return 503, {}, json.dumps({"message": f"deployment {target} is not ready"})
+        self.scored.append((target, how))
+        body = json.loads(request.body or b"null")
+        scorer = self.scorers.get(target, canned_scorer(target))
+        status, answer = scorer(body)
+        return (
+            status,
+            {"Content-Type": "application/json", "azureml-model-deployment": target},
+            (json.dumps(answer)),
+        )
+
+    # ------------------------------------------------------------------ blob storage
+
+    def _blob_exists_under(self, uri: str) -> bool:
+        """Whether an azureml:// or https:// storage URI names an uploaded blob or folder."""
+        match = re.match(
+            r"azureml://subscriptions/[^/]+/resourcegroups/[^/]+/workspaces/[^/]+/datastores/"
+            r"([^/]+)/paths/(.*)",
+            uri,
+            re.IGNORECASE,
+        ) or re.match(r"azureml://datastores/([^/]+)/paths/(.*)", uri)
+        if match:
+            store = self._get(f"/datastores/{match.group(1)}")
+            if store is None:
+                return False
+            container, path = store["properties"]["containerName"], match.group(2)
+        else:
+            parsed = urlparse(uri)
+            if not (parsed.hostname or "").endswith(".blob.core.windows.net"):
+                return False
+            container, _, path = parsed.path.lstrip("/").partition("/")
+        path = path.rstrip("/")
+        return any(
+            c == container and (b == path or b.startswith(path + "/")) for c, b in self.blobs
+        )
+
+    def _blob(self, request: Any, url: Any, method: str) -> Any:
+        container, _, blob = unquote(url.path).lstrip("/").partition("/")
+        query = parse_qs(url.query)
+        key = (container, blob)
+        if query.get("comp") == ["list"]:
+            prefix = query.get("prefix", [""])[0]
+            names = sorted(b for c, b in self.blobs if c == container and b.startswith(prefix))
+            items = "".join(
+                f"<Blob><Name>{n}</Name><Properties><Content-Length>"
+                f"{len(self.blobs[(container, n)][0])}</Content-Length><BlobType>BlockBlob"
+                "</BlobType></Properties><Metadata /></Blob>"
+                for n in names
+            )
+            xml = (
+                '<?xml version="1.0" encoding="utf-8"?><EnumerationResults '
+                f'ContainerName="{container}"><Prefix>{prefix}</Prefix><Blobs>{items}</Blobs>'
+                "<NextMarker /></EnumerationResults>"
+            )
+            return 200, {"Content-Type": "application/xml"}, xml
+        headers = {
+            "ETag": '"0x8D000000000000"',
+            "Last-Modified": email.utils.formatdate(usegmt=True),
+            "x-ms-version": "2025-01-05",
+            "x-ms-request-id": str(uuid.uuid4()),
+        }
+        if method == "PUT" and query.get("comp") == ["metadata"]:
+            if key not in self.blobs:
+                return self._blob_missing()
+            metadata = {
+                k[len("x-ms-meta-") :].lower(): v
+                for k, v in request.headers.items()
+                if k.lower().startswith("x-ms-meta-")
+            }
+            self.blobs[key] = (self.blobs[key][0], metadata)
+            return 200, headers, ""
+        if method == "PUT":
+            data = request.body or b""
+            if hasattr(data, "read"):
+                data = data.read()
+            if isinstance(data, str):
+                data = data.encode()
+            metadata = {
+                k[len("x-ms-meta-") :].lower(): v
+                for k, v in request.headers.items()
+                if k.lower().startswith("x-ms-meta-")
+            }
+            self.blobs[key] = (bytes(data), metadata)
+            md5 = base64.b64encode(hashlib.md5(bytes(data)).digest()).decode()
+            return 201, {**headers, "Content-MD5": md5, "x-ms-request-server-encrypted": "true"}, ""
+        if method in ("HEAD", "GET"):
+            if key not in self.blobs:
+                return self._blob_missing()
+            data, metadata = self.blobs[key]
+            meta_headers = {f"x-ms-meta-{k}": v for k, v in metadata.items()}
+            common = {
+                **headers,
+                **meta_headers,
+                "x-ms-blob-type": "BlockBlob",
+                "Content-Type": "application/octet-stream",
+            }
+            if method == "HEAD":
+                return 200, {**common, "Content-Length": str(len(data))}, ""
+            range_header = request.headers.get("x-ms-range") or request.headers.get("Range")
+            if range_header:
+                start_text, _, end_text = range_header.split("=")[1].partition("-")
+                start = int(start_text)
+                end = int(end_text) if end_text else len(data) - 1
+                if start >= len(data):
+                    return 416, {"x-ms-error-code": "InvalidRange"}, ""
+                chunk = data[start : end + 1]
+                return (
+                    206,
+                    {
+                        **common,
+                        "Content-Range": f"bytes {start}-{start + len(chunk) - 1}/{len(data)}",
+                        "Content-Length": str(len(chunk)),
+                    },
+                    chunk,
+                )
+            return 200, {**common, "Content-Length": str(len(data))}, data
+        return 405, {}, ""
+
+    @staticmethod
+    def _blob_missing() -> Any:
+        return 404, {"x-ms-error-code": "BlobNotFound"}, ""
+
+
+# --------------------------------------------------------------------------- rules, scoring
+
+
+def traffic_problem(
+    traffic: dict[str, Any], mirror: dict[str, Any], deployments: set[str]
+) -> str | None:
+    """The service's traffic rules; the message of the 400 it answers, or None."""
+    for label, shares in (("traffic", traffic), ("mirror traffic", mirror)):
+        for name, pct in shares.items():
+            if name not in deployments:
+                return f"{label}: {name} is not a deployment of this endpoint"
+            if not 0 <= int(pct) <= 100:
+                return f"{label}: {name} has {pct}%"
+    total = sum(int(p) for p in traffic.values())
+    if total not in (0, 100):
+        return f"live traffic must sum to 100 (or 0), got {total}"
+    mirrored = {n: int(p) for n, p in mirror.items() if int(p) > 0}
+    if len(mirrored) > 1:
+        return "mirror traffic can go to one deployment only"
+    for name, pct in mirrored.items():
+        if pct > 50:
+            return f"mirror traffic of {name} is {pct}%; at most 50% can be mirrored"
+        if int(traffic.get(name, 0)) > 0:
+            return f"cannot mirror traffic to {name}: it receives live traffic"
+    return None
+
+
+def canned_scorer(deployment: str) -> Callable[[Any], tuple[int, Any]]:
+    """A deployment that validates requests exactly as serving/score.py does (its contract)
+    and answers "Bill Gates and Paul Allen (<deployment>)" to everything."""
+
+    def score(body: Any) -> tuple[int, Any]:
+        try:
+            request = contract.parse_request(body)
+        except contract.BadRequest as exc:
+            return 400, contract.error_body(str(exc))
+        reply = f"Bill Gates and Paul Allen ({deployment})"
+        if isinstance(request, contract.ChatRequest):
+            return 200, contract.chat_response(reply)
+        return 200, contract.text_response(request, [reply] * len(request.texts))
+
+    return score
+
+
+def failing_scorer(status: int = 500, message: str = "model crashed") -> Callable[..., Any]:
+    def score(body: Any) -> tuple[int, Any]:
+        return status, {"error": message}
+
+    return score
+
+
+_counter = itertools.count()
