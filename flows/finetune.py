@@ -29,7 +29,7 @@ from tasks.gate import check_up_to_date, quality_gate
 from tasks.infrastructure import ensure_compute, ensure_environment
 from tasks.registry import Registration, register_model
 from tasks.report import publish_report
-from tasks.rollout import rollout_model
+from tasks.rollout import endpoint_traffic, rollout_model
 from tasks.training import TrainingResult, train_model
 
 Status = Literal["promoted", "not promoted", "up to date"]
@@ -138,6 +138,7 @@ def finetune_pipeline(
     registration = register_model(settings, dataset, trained)
     decision = quality_gate(settings, dataset, registration.model)
     if not decision.promote:
+        traffic = endpoint_traffic(settings)  # untouched: the champion keeps serving
         result = PipelineResult(
             settings,
             "not promoted",
@@ -146,6 +147,8 @@ def finetune_pipeline(
             trained,
             registration,
             decision,
+            traffic_before=traffic,
+            traffic_after=traffic,
         )
         publish_report(result)
         return result

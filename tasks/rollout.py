@@ -13,10 +13,11 @@ from collections.abc import Callable
 from prefect import get_run_logger, task
 
 from backends import open_workspace
-from backends.workspace import ModelVersion
+from backends.workspace import ModelVersion, NotFound
 from finetune_phi.chat_data.synthetic import FactProbe, fact_probes
 from finetune_phi.rollout import RolloutReport, execute_rollout, plan_rollout
 from finetune_phi.settings import Profile
+from tasks.retry import retry_if_transient
 
 
 class SmokeTestFailed(RuntimeError):
@@ -70,3 +71,19 @@ def rollout_model(profile: Profile, model: ModelVersion) -> RolloutReport:
     return execute_rollout(
         workspace, endpoint, model, plan, profile.rollout, smoke_test=smoke, log=logger.info
     )
+
+
+@task(
+    name="read-traffic",
+    retries=3,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_if_transient,
+    timeout_seconds=120,
+)
+def endpoint_traffic(profile: Profile) -> dict[str, int]:
+    """The endpoint's live traffic now (empty when it does not exist yet), for the report."""
+    workspace = open_workspace(profile)
+    try:
+        return dict(workspace.get_traffic(profile.endpoint.name).traffic)
+    except NotFound:
+        return {}

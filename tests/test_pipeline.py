@@ -6,46 +6,21 @@ on a small synthetic dataset and the small tiny Phi-3, passed as a local base-mo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from prefect.logging import disable_run_logger
+from profiles import small_profile_file
 
 from backends.local.workspace import LocalWorkspace
+from backends.workspace import CHAMPION
 from finetune_phi.settings import load_profile
 from finetune_phi.state import StateLayout
 from finetune_phi.tracking import client
 from tasks.dataset import chat_token_counter, prepare_dataset_task
 
 pytestmark = pytest.mark.slow
-
-
-def small_profile_file(tmp_path: Path, base_model: Path, **training: Any) -> Path:
-    """The local profile, shrunk: 120 conversations, a few training steps, a tmp state folder."""
-    data = yaml.safe_load(
-        (Path(__file__).resolve().parent.parent / "configs/profiles/local.yaml").read_text()
-    )
-    data["state_dir"] = str(tmp_path / "state")
-    data["model"]["base"] = str(base_model)
-    data["data"]["source"] = {"kind": "synthetic", "conversations": 120, "seed": 0}
-    data["training"].update(
-        {
-            "max_steps": 6,
-            "learning_rate": 3e-3,
-            "max_length": 256,
-            "warmup_ratio": 0.0,
-            "per_device_train_batch_size": 8,
-            **training,
-        }
-    )
-    data["training_run"].update({"save_steps": 1000, "logging_steps": 2})
-    path = tmp_path / "small.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def test_token_counter_counts_the_templated_conversation(tiny_model_dir: Path) -> None:
@@ -90,50 +65,70 @@ def endpoint_cleanup(tmp_path: Path) -> Iterator[None]:
         endpoints.delete_endpoint(name)
 
 
-def test_flow_trains_registers_deploys_and_a_rerun_converges(
+def test_flow_promotes_then_is_up_to_date_then_rejects_a_worse_candidate(
     prefect_harness: None, endpoint_cleanup: None, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     from flows.finetune import finetune_pipeline
 
-    profile_file = str(small_profile_file(tmp_path, tiny_model_dir))
-    result = finetune_pipeline(profile=profile_file)
+    profile_file = str(small_profile_file(tmp_path, tiny_model_dir, smoke={"enabled": False}))
+    layout = StateLayout(tmp_path / "state")
+    workspace = LocalWorkspace(layout.root)
 
-    metrics = result.training.metrics
+    # 1. Fresh state: trained, registered, no champion -> promoted and serving.
+    first = finetune_pipeline(profile=profile_file)
+    assert first.status == "promoted"
+    metrics = first.training.metrics
     assert metrics["global_step"] == 6
     assert metrics["eval_loss"] < metrics["eval_loss_before"]
-    assert result.registration.created and result.registration.model.version == "1"
-    assert (Path(result.training.model_dir) / "MLmodel").is_file()
-
-    layout = StateLayout(Path(tmp_path / "state"))
-    model = result.registration.model
+    assert first.gate.champion is None
+    assert first.traffic_before == {} and first.traffic_after == {"blue": 100}
+    model = first.model
     version = client(layout).get_model_version(model.name, model.version)
-    assert version.tags["dataset_sha256"] == result.dataset.sha256
-    assert version.tags["job_id"] == result.training.job_name
+    assert version.tags["dataset_sha256"] == first.dataset.sha256
+    assert version.tags["job_id"] == first.training.job_name
+    assert version.tags["flow_run_id"]  # set by Prefect's runtime
+    assert version.tags["gate"] == "promoted"
+    assert float(version.tags["eval_loss"]) == pytest.approx(metrics["eval_loss"], rel=1e-5)
     # The registry's copy of the files lives in the state folder, nowhere else.
     assert version.source.startswith(layout.mlflow_artifacts_dir.as_uri())
-    assert version.tags["flow_run_id"]  # set by Prefect's runtime
-    assert float(version.tags["eval_loss"]) == pytest.approx(metrics["eval_loss"], rel=1e-5)
-    # Deployed to the empty endpoint, answering the tutorial's request over HTTP.
-    assert result.rollout.final_traffic == {"blue": 100}
     assert version.aliases == ["champion"]
-    answer = LocalWorkspace(layout.root).invoke(
+    answer = workspace.invoke(
         "phi3-chat-local", {"input_data": ["Who founded Microsoft?"], "params": {}}
     )
     assert isinstance(answer, list) and answer[0].startswith("Who founded Microsoft?")
 
-    # Same inputs again: the same dataset folder, the finished job is not retrained, and the
-    # registry finds the version it made instead of adding one.
+    # 2. Same inputs: "up to date", nothing trained, registered or deployed.
     again = finetune_pipeline(profile=profile_file)
-    assert again.dataset.directory == result.dataset.directory
-    assert again.training.job_name == result.training.job_name
-    assert again.registration.model.version == "1" and not again.registration.created
-    log = (Path(result.training.job_dir) / "train.log").read_text()
-    assert log.count("--- attempt") == 1, log[-2000:]  # re-attached, not started again
-    assert again.rollout.plan.new_deployment is None  # already live: nothing to roll out
+    assert again.status == "up to date"
+    assert again.training is None and again.gate is None
+    assert again.model.version == model.version
+    assert again.rollout.plan.new_deployment is None
+    log = (Path(first.training.job_dir) / "train.log").read_text()
+    assert log.count("--- attempt") == 1
+    assert len(workspace.list_model_versions(model.name)) == 1
 
-    # A changed hyperparameter is a new job and a new version.
-    changed = finetune_pipeline(profile=profile_file, overrides={"training": {"seed": 1}})
-    assert changed.training.job_name != result.training.job_name
-    assert changed.registration.model.version == "2"
-    assert changed.rollout.final_traffic == {"green": 100}  # blue-green: the other colour
-    assert json.loads((Path(changed.training.job_dir) / "output/metrics.json").read_text())
+    # 3. A deliberately worse candidate (a learning rate too small to learn anything): the
+    # gate keeps the champion, the candidate is recorded as rejected, traffic is untouched.
+    worse = finetune_pipeline(profile=profile_file, training={"learning_rate": 1e-7})
+    assert worse.status == "not promoted"
+    assert worse.gate.champion is not None
+    assert worse.gate.candidate.eval_loss > worse.gate.champion.eval_loss
+    assert "not promoted: eval loss" in worse.gate.reason
+    rejected = workspace.get_model(model.name, worse.model.version)
+    assert rejected.tags["gate"] == "rejected" and CHAMPION not in rejected.aliases
+    assert workspace.get_model_by_alias(model.name, CHAMPION).version == model.version
+    assert workspace.get_traffic("phi3-chat-local").traffic == {"blue": 100}
+    assert [d.name for d in workspace.list_deployments("phi3-chat-local")] == ["blue"]
+
+    # The report says what happened, in each of the three endings.
+    from finetune_phi.report import report_markdown, report_rows, summary_lines
+
+    promoted = report_markdown(first)
+    assert promoted.startswith("# finetune-phi: promoted")
+    assert "no champion yet: the first model is promoted" in promoted
+    assert "traffic after: `{'blue': 100}`" in promoted
+    assert summary_lines(again, [])[0].startswith("finetune-phi: up to date")
+    rejected_report = report_markdown(worse)
+    assert "## Quality gate" in rejected_report and "- champion `phi3-chat:1`" in rejected_report
+    rows = {row["metric"]: row["value"] for row in report_rows(worse)}
+    assert rows["gate"] == "rejected" and rows["traffic after"] == "{'blue': 100}"
