@@ -70,7 +70,9 @@ def run(workspace: LocalWorkspace, request: dict, count: int, tmp: Path) -> None
     for version in versions:
         deployments = {d.name: d.model for d in workspace.list_deployments(ENDPOINT)}
         plan = plan_rollout(
-            workspace.get_traffic(ENDPOINT), deployments, f"bench-model:{version.version}",
+            workspace.get_traffic(ENDPOINT),
+            deployments,
+            f"bench-model:{version.version}",
             settings,
         )
         started = time.monotonic()

@@ -25,8 +25,14 @@ def small_profile_file(
     data["model"]["base"] = str(base_model)
     data["data"]["source"] = {"kind": "synthetic", "conversations": conversations, "seed": 0}
     data["training"].update(
-        {"max_steps": 6, "learning_rate": 3e-3, "max_length": 256, "warmup_ratio": 0.0,
-         "per_device_train_batch_size": 8, **(training or {})}
+        {
+            "max_steps": 6,
+            "learning_rate": 3e-3,
+            "max_length": 256,
+            "warmup_ratio": 0.0,
+            "per_device_train_batch_size": 8,
+            **(training or {}),
+        }
     )
     data["training_run"].update({"save_steps": 1000, "logging_steps": 2})
     data["rollout"] = {"traffic_steps": [50, 100], "requests_per_step": 2}

@@ -44,7 +44,10 @@ def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
         [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 180
@@ -88,8 +91,12 @@ def test_deploy_from_prefect_yaml_and_run_through_a_worker(
     assert not schedules["azure"]["active"]  # must not fire before the workspace exists
 
     out = prefect(
-        env, "deployment", "run", "finetune-phi/local",
-        "--params", json.dumps({"profile": str(profile)}),
+        env,
+        "deployment",
+        "run",
+        "finetune-phi/local",
+        "--params",
+        json.dumps({"profile": str(profile)}),
     )
     match = re.search(r"UUID[^0-9a-f]*([0-9a-f-]{36})", out)
     assert match, out

@@ -1,8 +1,19 @@
-"""Shared builders for the Azure backend tests."""
+"""Shared builders for the Azure backend tests: a fake credential, settings, workspaces, jobs.
+
+Test modules import these from here, never `from conftest import ...`: several conftest.py
+files exist in the suite and which one `import conftest` finds depends on collection order.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from fake_azure import REGION, RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, FakeAzureML
+
+from backends.azure.workspace import AzureWorkspace
 from backends.workspace import TrainingJobSpec
+from finetune_phi.settings import AzureBackendSettings
 from trainer.config import Hyperparameters, RunOptions
 
 BASE_MODEL = "microsoft/Phi-3.5-mini-instruct"
@@ -20,4 +31,63 @@ def job_spec(train: str, test: str, name: str = "ft-0123abcd-base-cfg") -> Train
         run_options=RunOptions(save_steps=50),
         tags={"dataset_sha256": "d" * 64, "trainer_config_hash": hp.config_hash()},
         display_name="fine-tune test",
+    )
+
+
+class FakeCredential:
+    """A token credential that never talks to Entra ID (azure-core's TokenCredential shape)."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.fail = fail
+        self.requests = 0
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+        from azure.core.exceptions import ClientAuthenticationError
+
+        self.requests += 1
+        if self.fail:
+            raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
+        return AccessToken("fake-token", 4_102_444_800)
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        from azure.core.credentials import AccessTokenInfo
+
+        self.get_token(*scopes)
+        return AccessTokenInfo("fake-token", 4_102_444_800)
+
+
+# Fast azure-core retries: same policy (Retry-After honoured), no long sleeps.
+CLIENT_KWARGS = {"retry_total": 3, "retry_backoff_factor": 0.01, "retry_backoff_max": 0.05}
+
+
+def azure_settings(**overrides: Any) -> AzureBackendSettings:
+    values: dict[str, Any] = {
+        "kind": "azure",
+        "subscription_id": SUBSCRIPTION,
+        "resource_group": RESOURCE_GROUP,
+        "workspace": WORKSPACE,
+        "region": REGION,
+        "job_poll_seconds": 0.01,
+    }
+    values.update(overrides)
+    return AzureBackendSettings.model_validate(values)
+
+
+def make_azure_workspace(
+    fake: FakeAzureML,
+    tmp_path: Path,
+    *,
+    credential: Any = None,
+    sleeps: list[float] | None = None,
+    **overrides: Any,
+) -> AzureWorkspace:
+    """An AzureWorkspace over `fake` through the real MLClient (fake credential, no sleeping)."""
+    recorded = sleeps if sleeps is not None else []
+    return AzureWorkspace(
+        azure_settings(**overrides),
+        credential=credential or FakeCredential(),
+        client_kwargs=CLIENT_KWARGS,
+        sleep=recorded.append,
+        code_staging_dir=tmp_path / "code-staging",
     )

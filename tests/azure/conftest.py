@@ -2,7 +2,8 @@
 
 `azure_fake` is the stateful fake service (see fake_azure.py), installed under `responses`;
 `azure_workspace` is a ready `AzureWorkspace` talking to it through the real SDK with a fake
-credential. `make_azure_workspace(fake, **settings)` builds more (other settings, other clocks).
+credential. `azure_helpers.make_azure_workspace(fake, **settings)` builds more (other
+settings, other clocks).
 
 For a flow end to end on the fake: use `azure_fake` + `make_azure_workspace`, and make
 `backends.open_workspace` return that workspace (monkeypatch `backends.open_workspace` where
@@ -18,76 +19,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import responses
 
 sys.path.insert(0, str(Path(__file__).parent))  # fake_azure, beside this file
 
-from fake_azure import REGION, RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, FakeAzureML  # noqa: E402
+from azure_helpers import make_azure_workspace  # noqa: E402
+from fake_azure import FakeAzureML  # noqa: E402
 
 from backends.azure.workspace import AzureWorkspace  # noqa: E402
-from finetune_phi.settings import AzureBackendSettings  # noqa: E402
-
-
-class FakeCredential:
-    """A token credential that never talks to Entra ID (azure-core's TokenCredential shape)."""
-
-    def __init__(self, *, fail: bool = False) -> None:
-        self.fail = fail
-        self.requests = 0
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
-        from azure.core.credentials import AccessToken
-        from azure.core.exceptions import ClientAuthenticationError
-
-        self.requests += 1
-        if self.fail:
-            raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
-        return AccessToken("fake-token", 4_102_444_800)
-
-    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
-        from azure.core.credentials import AccessTokenInfo
-
-        self.get_token(*scopes)
-        return AccessTokenInfo("fake-token", 4_102_444_800)
-
-
-# Fast azure-core retries: same policy (Retry-After honoured), no long sleeps.
-CLIENT_KWARGS = {"retry_total": 3, "retry_backoff_factor": 0.01, "retry_backoff_max": 0.05}
-
-
-def azure_settings(**overrides: Any) -> AzureBackendSettings:
-    values: dict[str, Any] = {
-        "kind": "azure",
-        "subscription_id": SUBSCRIPTION,
-        "resource_group": RESOURCE_GROUP,
-        "workspace": WORKSPACE,
-        "region": REGION,
-        "job_poll_seconds": 0.01,
-    }
-    values.update(overrides)
-    return AzureBackendSettings.model_validate(values)
-
-
-def make_azure_workspace(
-    fake: FakeAzureML,
-    tmp_path: Path,
-    *,
-    credential: Any = None,
-    sleeps: list[float] | None = None,
-    **overrides: Any,
-) -> AzureWorkspace:
-    """An AzureWorkspace over `fake` through the real MLClient (fake credential, no sleeping)."""
-    recorded = sleeps if sleeps is not None else []
-    return AzureWorkspace(
-        azure_settings(**overrides),
-        credential=credential or FakeCredential(),
-        client_kwargs=CLIENT_KWARGS,
-        sleep=recorded.append,
-        code_staging_dir=tmp_path / "code-staging",
-    )
 
 
 @pytest.fixture

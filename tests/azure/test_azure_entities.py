@@ -14,8 +14,7 @@ from azure.ai.ml import (
     load_online_deployment,
     load_online_endpoint,
 )
-from azure_helpers import job_spec
-from conftest import azure_settings
+from azure_helpers import azure_settings, job_spec
 
 from backends.azure import entities
 from backends.azure.dry_run import DryRun, build_dry_run

@@ -13,8 +13,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
     ServiceResponseTimeoutError,
 )
-from azure_helpers import job_spec
-from conftest import FakeCredential, make_azure_workspace
+from azure_helpers import FakeCredential, job_spec, make_azure_workspace
 
 from backends.azure.entities import training_compute_spec
 from backends.azure.errors import AzureWorkspaceError, classify

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from conftest import FakeCredential, make_azure_workspace
+from azure_helpers import FakeCredential, make_azure_workspace
 
 from backends.azure.preflight import preflight_ok, run_preflight
 

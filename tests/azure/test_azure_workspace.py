@@ -104,7 +104,7 @@ def test_retried_submission_whose_answer_was_lost_reattaches(
 def test_retried_task_after_transient_failure_reattaches(azure_fake, tmp_path, dataset_files):
     """Every azure-core retry fails too: the task sees a transient error; its retry (a new
     submit) finds the job the first PUT created."""
-    from conftest import make_azure_workspace
+    from azure_helpers import make_azure_workspace
 
     workspace = make_azure_workspace(azure_fake, tmp_path)
     azure_fake.inject("PUT", r"/jobs/ft-", "reset-after")
