@@ -13,19 +13,42 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONSTRAINT_FLAG := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+# promptflow's own venv: it cannot share .venv with Prefect (promptflow_app/README.md); the
+# pipeline reaches it through a subprocess (finetune_phi/promptflow_bridge.py).
+PF_VENV := .venv-promptflow
+PF_STAMP := $(PF_VENV)/.installed
+# Test-only: playwright (from PyPI) driving the system's Chromium for the browser-chat test.
+BROWSER_VENV := .venv-browser
+BROWSER_STAMP := $(BROWSER_VENV)/.installed
 
-.PHONY: install demo test test-fast lint typecheck check clean-state help
+.PHONY: install install-browser demo test test-fast lint typecheck check clean-state help
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
 
-install: $(STAMP)  ## create .venv and install the project (idempotent)
+install: $(STAMP) $(PF_STAMP)  ## create .venv (the project) and .venv-promptflow (idempotent)
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version.split()[0]'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --progress-bar off $(CONSTRAINT_FLAG) -e '.[dev]'
+	touch $@
+
+$(PF_STAMP): promptflow_app/requirements.txt
+	test -x $(PF_VENV)/bin/python || $(PYTHON) -m venv $(PF_VENV)
+	$(PF_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PF_VENV)/bin/python -m pip install --progress-bar off -r promptflow_app/requirements.txt
+	touch $@
+
+# Chromium comes from the system's packages (apt, when run as root); without it the browser
+# test skips and says why. See tests/promptflow/install_chromium.sh.
+install-browser: $(BROWSER_STAMP)  ## test-only: playwright + Chromium for the browser chat test
+	@sh tests/promptflow/install_chromium.sh
+
+$(BROWSER_STAMP): tests/promptflow/requirements-browser.txt
+	test -x $(BROWSER_VENV)/bin/python || $(PYTHON) -m venv $(BROWSER_VENV)
+	$(BROWSER_VENV)/bin/python -m pip install --quiet --progress-bar off -r $<
 	touch $@
 
 demo: install  ## run the full local pipeline on the embedded default (tiny Phi-3, synthetic chat data)
@@ -37,7 +60,7 @@ RUN_PYTEST = $(BIN)/python -m pytest $(1); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make: pytest collected no tests: failing on purpose" >&2; exit 1; fi; \
 	exit $$status
 
-test: install  ## run the test suite (what CI runs)
+test: install install-browser  ## run the test suite (what CI runs)
 	@$(call RUN_PYTEST,$(PYTEST_ARGS))
 
 test-fast: install  ## the suite without the slow tier

@@ -125,6 +125,12 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
     return run_endpoint_command(args, _profile(args))
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    from finetune_phi.chat_cli import run_chat_command
+
+    return run_chat_command(args, _profile(args))
+
+
 def cmd_azure(args: argparse.Namespace) -> int:
     from finetune_phi.cli_azure import run_azure_command
 
@@ -195,6 +201,9 @@ def make_parser() -> argparse.ArgumentParser:
     from finetune_phi.cli_endpoint import add_endpoint_parser
 
     add_endpoint_parser(commands, with_profile, cmd_endpoint)
+    from finetune_phi.chat_cli import add_chat_parser
+
+    add_chat_parser(commands, with_profile, cmd_chat)
     from finetune_phi.cli_azure import add_azure_parser
 
     add_azure_parser(commands, with_profile, cmd_azure)

@@ -9,6 +9,7 @@ already restored the endpoint, and repeating it blindly would not change the out
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 
@@ -18,6 +19,9 @@ from finetune_phi.chat_data.synthetic import FactProbe, fact_probes
 from finetune_phi.rollout import RolloutReport, execute_rollout, plan_rollout
 from finetune_phi.settings import Profile
 from tasks.retry import retry_if_transient
+
+if TYPE_CHECKING:
+    from finetune_phi.promptflow_bridge import SmokeResult
 
 
 class SmokeTestFailed(RuntimeError):
@@ -31,18 +35,20 @@ def smoke_probes(profile: Profile) -> list[FactProbe]:
     return probes[:count]
 
 
-def smoke_check(profile: Profile, scoring_uri: str, key: str) -> Callable[[str | None], str]:
+def smoke_check(
+    profile: Profile, scoring_uri: str, key: str
+) -> Callable[[str | None], SmokeResult]:
     """The rollout's check: run the Prompt flow against a deployment (or the endpoint)."""
     from finetune_phi.promptflow_bridge import smoke_test
 
     probes = smoke_probes(profile)
 
-    def check(deployment: str | None) -> str:
+    def check(deployment: str | None) -> SmokeResult:
         result = smoke_test(scoring_uri, key, probes, deployment=deployment)
         accuracy = sum(a.correct for a in result.answers) / max(len(result.answers), 1)
-        if accuracy < profile.smoke.min_accuracy:
+        if result.error or accuracy < profile.smoke.min_accuracy:
             raise SmokeTestFailed(result.summary)
-        return result.summary
+        return result
 
     return check
 
