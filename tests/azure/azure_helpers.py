@@ -1,4 +1,5 @@
-"""Shared builders for the Azure backend tests: a fake credential, settings, workspaces, jobs.
+"""Shared builders for the Azure backend tests: a fake credential, settings, workspaces, jobs,
+and for flows on the fake: an Azure profile, the tasks' `open_workspace`, a compute node.
 
 Test modules import these from here, never `from conftest import ...`: several conftest.py
 files exist in the suite and which one `import conftest` finds depends on collection order.
@@ -6,9 +7,13 @@ files exist in the suite and which one `import conftest` finds depends on collec
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fake_azure import REGION, RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, FakeAzureML
 
 from backends.azure.workspace import AzureWorkspace
@@ -80,14 +85,58 @@ def make_azure_workspace(
     *,
     credential: Any = None,
     sleeps: list[float] | None = None,
+    sleep: Callable[[float], None] | None = None,
     **overrides: Any,
 ) -> AzureWorkspace:
-    """An AzureWorkspace over `fake` through the real MLClient (fake credential, no sleeping)."""
+    """An AzureWorkspace over `fake` through the real MLClient (fake credential, no sleeping:
+    the job poller's waits go to `sleeps`, or to a `sleep` of the test's own)."""
     recorded = sleeps if sleeps is not None else []
     return AzureWorkspace(
         azure_settings(**overrides),
         credential=credential or FakeCredential(),
         client_kwargs=CLIENT_KWARGS,
-        sleep=recorded.append,
+        sleep=sleep or recorded.append,
         code_staging_dir=tmp_path / "code-staging",
     )
+
+
+# --------------------------------------------------------------------------- flows on the fake
+
+
+def azure_profile_file(tmp_path: Path, base_model: Path, **sections: dict[str, Any]) -> Path:
+    """tests/profiles.py's small profile (tiny model, small synthetic data, a few steps) with
+    the fake's workspace as its Azure backend; `sections` extend or replace sections."""
+    from profiles import small_profile_file
+
+    backend = azure_settings().model_dump(mode="json")
+    backend.update(sections.pop("backend", {}))
+    return small_profile_file(tmp_path, base_model, backend=backend, **sections)
+
+
+def use_workspace_in_tasks(monkeypatch: pytest.MonkeyPatch, workspace: AzureWorkspace) -> list[str]:
+    """Make every task module's `open_workspace` hand out `workspace` (the flow's only way to
+    a backend) to profiles naming its workspace; the modules patched, found by looking (a new
+    task module cannot be missed), not listed."""
+    import backends
+    import tasks
+
+    def open_workspace(profile: Any) -> AzureWorkspace:
+        assert profile.backend == workspace.settings, profile.backend  # the profile's workspace
+        return workspace
+
+    patched = []
+    for info in pkgutil.iter_modules(tasks.__path__):
+        module = importlib.import_module(f"tasks.{info.name}")
+        if getattr(module, "open_workspace", None) is backends.open_workspace:
+            monkeypatch.setattr(module, "open_workspace", open_workspace)
+            patched.append(module.__name__)
+    return patched
+
+
+def run_trainer_here(argv: Sequence[str]) -> None:
+    """A compute node for `FakeAzureML.job_runner`: the submitted trainer command, run in this
+    process (the same interpreter and code the SDK uploaded; the base model is a local folder)."""
+    assert list(argv[:3]) == ["python", "-m", "trainer.fine_tune"], argv
+    from trainer.fine_tune import main, parse_arguments
+
+    main(*parse_arguments(list(argv[3:])))

@@ -5,13 +5,16 @@
 credential. `azure_helpers.make_azure_workspace(fake, **settings)` builds more (other
 settings, other clocks).
 
-For a flow end to end on the fake: use `azure_fake` + `make_azure_workspace`, and make
-`backends.open_workspace` return that workspace (monkeypatch `backends.open_workspace` where
-the tasks import it: `tasks.training.open_workspace`, `tasks.registry.open_workspace`,
-`tasks.rollout.open_workspace`). Scoring: every deployment answers through
-`serving.contract` with "Bill Gates and Paul Allen (<deployment>)"; `azure_fake.scorers[name]
-= failing_scorer()` makes one fail. Dataset files given as local paths are uploaded to the
-fake blob store by the SDK itself, as they would be to Azure.
+For a flow end to end on the fake (test_azure_flow.py does it): use `azure_fake` +
+`make_azure_workspace`, and make `backends.open_workspace` return that workspace where the
+tasks import it (`azure_helpers.use_workspace_in_tasks` patches every `tasks.*` module that
+does); `azure_helpers.azure_profile_file` writes a small Azure profile naming the fake's
+workspace; `azure_fake.job_runner = azure_helpers.run_trainer_here` makes jobs really train
+(real MLflow model outputs, as the quality gate needs). Scoring: every deployment answers
+through `serving.contract` with "Bill Gates and Paul Allen (<deployment>)";
+`azure_fake.scorers[name] = failing_scorer()` makes one fail, `canned_scorer(name, answer=...)`
+makes it say something else. Dataset files given as local paths are uploaded to the fake blob
+store by the SDK itself, as they would be to Azure.
 """
 
 from __future__ import annotations

@@ -14,6 +14,11 @@ What it models, with the service's rules:
   state, one step per GET of the job, writing the trainer's log to the artifact store and (on
   Completed) metrics.json + mlflow_model/MLmodel to the job output folder; cancel goes through
   CancelRequested to Canceled; a job name can be created once;
+- compute, when a test gives one (`job_runner`): the job's submitted command really runs as a
+  node would run it, with its inputs downloaded from blob storage and its output folder (with
+  what earlier attempts left there) as local paths; what it prints is the job's log, what it
+  writes becomes the job's output, an exception fails the job with its traceback in the log
+  (`azure_helpers.run_trainer_here` runs the trainer itself, in this process);
 - traffic: names must be deployments, live traffic sums to 100 or 0, mirror goes to at most one
   deployment, at most 50 %, never to one with live traffic; a deployment with live traffic
   cannot be deleted;
@@ -23,7 +28,8 @@ What it models, with the service's rules:
   `azureml-model-deployment` header picks a deployment, else the traffic map (seeded draw);
   mirrored requests are counted. Each deployment answers through `serving.contract` (the same
   request validation as the real scoring script) with a canned reply, or with what
-  `scorers[deployment]` returns;
+  `scorers[deployment]` returns (`canned_scorer(name, answer=...)`: replies of your choice,
+  `failing_scorer()`: errors);
 - faults: `inject(method, path_pattern, kind)` makes matching requests fail with 429 (+
   Retry-After), 503, a connection reset (before or after the service acted), 401 or a quota
   error.
@@ -32,17 +38,24 @@ What it models, with the service's rules:
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import copy
 import email.utils
 import hashlib
+import io
 import itertools
 import json
 import random
 import re
+import shlex
+import tempfile
 import threading
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -131,6 +144,9 @@ class FakeAzureML:
         self.deployment_failures: dict[str, str] = {}  # deployment name -> provisioning error
         self.job_outcomes: dict[str, str] = {}  # job name -> final state it reaches
         self.default_job_outcome = "Completed"
+        # The compute: runs a job's command line (argv, inputs and outputs as local paths)
+        # when the job would complete; None: canned log and outputs (see module doc).
+        self.job_runner: Callable[[list[str]], None] | None = None
         self.authenticated = True
         self.quota: dict[str, tuple[int, int]] = {  # family -> (used, limit) vCPUs
             "standardNCADSA100v4Family": (0, 24),
@@ -618,7 +634,7 @@ class FakeAzureML:
             index = JOB_PROGRESSION.index(job.status)
             if index + 1 < len(JOB_PROGRESSION):
                 job.status = JOB_PROGRESSION[index + 1]
-                if job.status == "Running":
+                if job.status == "Running" and self.job_runner is None:
                     self._log(job, f"fine-tuning {job.name}")
                     self._log(job, "step 1/2 loss 2.5")
                 return
@@ -626,7 +642,10 @@ class FakeAzureML:
             job.status = "Paused"
             return
         job.status = job.outcome
-        if job.outcome == "Completed":
+        if job.outcome == "Completed" and self.job_runner is not None:
+            if not self._run_on_compute(job):
+                job.status = "Failed"
+        elif job.outcome == "Completed":
             self._log(job, "step 2/2 loss 1.5")
             self._log(job, "done: model saved")
             self._write_outputs(job)
@@ -654,6 +673,66 @@ class FakeAzureML:
         }
         self.blobs[(BLOB_CONTAINER, f"{folder}/metrics.json")] = (json.dumps(metrics).encode(), {})
         self.blobs[(BLOB_CONTAINER, f"{folder}/mlflow_model/MLmodel")] = (b"flavors: {}\n", {})
+
+    def _run_on_compute(self, job: FakeJob) -> bool:
+        """Run the job's command with `job_runner` as a node would; whether it succeeded."""
+        assert self.job_runner is not None
+        props = job.body["properties"]
+        with tempfile.TemporaryDirectory(prefix=f"fake-aml-{job.name}-") as tmp:
+            root = Path(tmp)
+            paths: dict[str, Path] = {}
+            for name, data in (props.get("inputs") or {}).items():
+                paths[f"inputs.{name}"] = self._download(data["uri"], root / "inputs" / name)
+            outputs: dict[str, tuple[Path, tuple[str, str]]] = {}
+            for name, data in (props.get("outputs") or {}).items():
+                where = self._locate(data["uri"])
+                assert where is not None, data["uri"]
+                # rw_mount: what an earlier attempt wrote is there (checkpoints to resume from)
+                folder = self._download(data["uri"], root / "outputs" / name)
+                folder.mkdir(parents=True, exist_ok=True)
+                paths[f"outputs.{name}"] = folder
+                outputs[name] = (folder, where)
+            command = re.sub(
+                r"\$\{\{\s*([\w.]+)\s*\}\}",
+                lambda m: shlex.quote(str(paths[m.group(1)])),
+                props["command"],
+            )
+            printed = io.StringIO()
+            failure: list[str] = []
+            try:
+                # A node of its own: none of the caller's context variables (e.g. Prefect's
+                # run context, which would turn the job's prints into the flow's logs).
+                with contextlib.redirect_stdout(printed):
+                    contextvars.Context().run(self.job_runner, shlex.split(command))
+            except Exception as exc:
+                failure = traceback.format_exception(exc)
+            for line in printed.getvalue().splitlines() + "".join(failure).splitlines():
+                self._log(job, line)
+            if failure:
+                return False
+            for folder, (container, prefix) in outputs.values():
+                for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+                    blob = f"{prefix.rstrip('/')}/{file.relative_to(folder).as_posix()}"
+                    self.blobs[(container, blob)] = (file.read_bytes(), {})
+        return True
+
+    def _download(self, uri: str, destination: Path) -> Path:
+        """A blob (uri_file: the local file) or a folder of blobs (the local folder)."""
+        where = self._locate(uri)
+        assert where is not None, uri
+        container, path = where
+        path = path.rstrip("/")
+        if (container, path) in self.blobs:
+            target = destination / path.rsplit("/", 1)[-1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.blobs[(container, path)][0])
+            return target
+        for (c, blob), (data, _) in sorted(self.blobs.items()):
+            if c == container and blob.startswith(path + "/"):
+                target = destination / blob[len(path) + 1 :]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        return destination
 
     def set_job_status(self, name: str, status: str) -> None:
         self.jobs[name].status = status
@@ -850,8 +929,8 @@ class FakeAzureML:
 
     # ------------------------------------------------------------------ blob storage
 
-    def _blob_exists_under(self, uri: str) -> bool:
-        """Whether an azureml:// or https:// storage URI names an uploaded blob or folder."""
+    def _locate(self, uri: str) -> tuple[str, str] | None:
+        """(container, path) of an azureml:// or https:// storage URI; None if not ours."""
         match = re.match(
             r"azureml://subscriptions/[^/]+/resourcegroups/[^/]+/workspaces/[^/]+/datastores/"
             r"([^/]+)/paths/(.*)",
@@ -861,14 +940,20 @@ class FakeAzureML:
         if match:
             store = self._get(f"/datastores/{match.group(1)}")
             if store is None:
-                return False
-            container, path = store["properties"]["containerName"], match.group(2)
-        else:
-            parsed = urlparse(uri)
-            if not (parsed.hostname or "").endswith(".blob.core.windows.net"):
-                return False
-            container, _, path = parsed.path.lstrip("/").partition("/")
-        path = path.rstrip("/")
+                return None
+            return store["properties"]["containerName"], match.group(2)
+        parsed = urlparse(uri)
+        if not (parsed.hostname or "").endswith(".blob.core.windows.net"):
+            return None
+        container, _, path = parsed.path.lstrip("/").partition("/")
+        return container, path
+
+    def _blob_exists_under(self, uri: str) -> bool:
+        """Whether an azureml:// or https:// storage URI names an uploaded blob or folder."""
+        where = self._locate(uri)
+        if where is None:
+            return False
+        container, path = where[0], where[1].rstrip("/")
         return any(
             c == container and (b == path or b.startswith(path + "/")) for c, b in self.blobs
         )
@@ -987,19 +1072,24 @@ def traffic_problem(
     return None
 
 
-def canned_scorer(deployment: str) -> Callable[[Any], tuple[int, Any]]:
+def canned_scorer(
+    deployment: str, answer: Callable[[str], str] | None = None
+) -> Callable[[Any], tuple[int, Any]]:
     """A deployment that validates requests exactly as serving/score.py does (its contract)
-    and answers "Bill Gates and Paul Allen (<deployment>)" to everything."""
+    and answers "Bill Gates and Paul Allen (<deployment>)" to everything, or `answer(question)`
+    (the question: each text of a text request, the last message of a chat)."""
+
+    def reply(question: str) -> str:
+        return answer(question) if answer else f"Bill Gates and Paul Allen ({deployment})"
 
     def score(body: Any) -> tuple[int, Any]:
         try:
             request = contract.parse_request(body)
         except contract.BadRequest as exc:
             return 400, contract.error_body(str(exc))
-        reply = f"Bill Gates and Paul Allen ({deployment})"
         if isinstance(request, contract.ChatRequest):
-            return 200, contract.chat_response(reply)
-        return 200, contract.text_response(request, [reply] * len(request.texts))
+            return 200, contract.chat_response(reply(request.messages[-1].content))
+        return 200, contract.text_response(request, [reply(t) for t in request.texts])
 
     return score
 
