@@ -1,21 +1,25 @@
 """`finetune-phi`: the command line for people (the Makefile and README call it too).
 
-    finetune-phi demo                         # the full local pipeline, as a Prefect flow
-    finetune-phi demo --set training.num_train_epochs=2
+    finetune-phi run                          # the full pipeline, as a Prefect flow
+    finetune-phi run --dry-run                # its plan: data, job, champion, rollout
+    finetune-phi demo                         # the same run on the profile (kept for make demo)
+    finetune-phi data inspect                 # counts, problems, token-length histogram
+    finetune-phi models                       # registered versions, aliases, gate, lineage
+    finetune-phi endpoint rollback            # all traffic back to the other colour
     finetune-phi config show --profile azure  # the resolved profile (after env overrides)
     finetune-phi config schema                # JSON schema of a profile
     finetune-phi build-tiny-model             # the tiny Phi-3 into the state folder
     finetune-phi generate-data out.jsonl -n 1200
     finetune-phi prepare-data                 # validate + split, no Prefect
 
-Every command exits 2 with a one-line reason on bad input, never a traceback.
+Exit status: 0 done, 1 a failure (a failed run, a backend that refused), 2 a usage or
+configuration error. Errors are one line with the reason, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,23 +104,33 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
-# The demo runs on a machine that may have no internet: Prefect's temporary server would log a
-# failed analytics call at start-up. Users who set these themselves keep their choice.
-_OFFLINE_PREFECT_DEFAULTS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    for key, value in _OFFLINE_PREFECT_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    from finetune_phi.report import print_pipeline_summary
-    from flows.finetune import finetune_pipeline
+    from finetune_phi.cli_run import run_pipeline
+
+    return run_pipeline(args, parse_assignments(args.set))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from finetune_phi.cli_run import dry_run, run_pipeline
 
     overrides = parse_assignments(args.set)
-    # Validate before Prefect starts, so a typo costs no server start-up.
-    load_profile(args.profile, overrides=overrides)
-    result = finetune_pipeline(profile=args.profile or "local", overrides=overrides or None)
-    print_pipeline_summary(result)
-    return 0
+    if args.dry_run:
+        return dry_run(load_profile(args.profile, overrides=overrides))
+    return run_pipeline(args, overrides)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from finetune_phi.cli_data import run_data_command
+
+    if args.bins < 1:
+        raise ConfigError(f"--bins {args.bins}: needs at least 1 bin")
+    return run_data_command(args, _profile(args))
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from finetune_phi.cli_models import run_models_command
+
+    return run_models_command(args, _profile(args))
 
 
 def cmd_endpoint(args: argparse.Namespace) -> int:
@@ -164,12 +178,27 @@ def make_parser() -> argparse.ArgumentParser:
         )
         return sub
 
+    from finetune_phi.cli_run import add_run_parser
+
+    add_run_parser(commands, with_profile, cmd_run)
     demo = with_profile(
         commands.add_parser(
-            "demo", help="run the full pipeline as a Prefect flow and print a summary"
+            "demo",
+            help="run the full pipeline as a Prefect flow and print a summary",
+            description="The full pipeline on the profile (what `make demo` runs; the same as "
+            "`finetune-phi run`). Examples:\n"
+            "  finetune-phi demo\n"
+            "  finetune-phi demo --set training.num_train_epochs=2",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
     demo.set_defaults(func=cmd_demo)
+    from finetune_phi.cli_data import add_data_parser
+
+    add_data_parser(commands, with_profile, cmd_data)
+    from finetune_phi.cli_models import add_models_parser
+
+    add_models_parser(commands, with_profile, cmd_models)
 
     config = with_profile(commands.add_parser("config", help="show, validate or describe profiles"))
     config.add_argument("action", choices=["show", "validate", "schema"])
@@ -224,6 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Data validation failures (DataValidationError) are ValueErrors with a full report.
         print(f"finetune-phi: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a tokenizer or dataset that cannot be read or downloaded
+        print(f"finetune-phi: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("finetune-phi: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

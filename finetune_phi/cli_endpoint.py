@@ -1,8 +1,13 @@
 """`finetune-phi endpoint ...`: start, stop and inspect the online endpoint and its deployments.
 
 Every command goes through the Workspace protocol where it can, so the same commands make sense
-for the Azure backend; start/stop/status/keys-rotate are the local endpoint's own controls.
-Keys are printed only when asked for (`keys --show`), never logged.
+for the Azure backend; start/stop/status/keys-rotate are the local endpoint's own controls
+(`up` and `down` are the same as `start` and `stop`). Keys are printed only when asked for
+(`keys --show`), never logged.
+
+`rollback` puts all live traffic back on the other colour, when that deployment still exists
+(it does after a rollout with `rollout.keep_previous: true`, or while a rollout is in
+progress), and moves the registry alias `champion` to the model that colour serves.
 """
 
 from __future__ import annotations
@@ -10,14 +15,37 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import yaml
 
 from backends import open_workspace
-from backends.workspace import TrafficState, WorkspaceError
+from backends.workspace import (
+    CHALLENGER,
+    CHAMPION,
+    DeploymentInfo,
+    TrafficState,
+    Workspace,
+    WorkspaceError,
+)
 from finetune_phi.settings import ConfigError, Profile
+
+ACTIONS = [
+    "start",
+    "up",
+    "stop",
+    "down",
+    "delete",
+    "status",
+    "traffic",
+    "keys",
+    "logs",
+    "invoke",
+    "rollback",
+]
+ALIASES = {"up": "start", "down": "stop"}
 
 ProfileLoader = Callable[[argparse.Namespace], Profile]
 
@@ -47,7 +75,7 @@ def _dump(data: Any) -> None:
 
 def run_endpoint_command(args: argparse.Namespace, profile: Profile) -> int:
     name = args.endpoint or profile.endpoint.name
-    action = args.action
+    action = ALIASES.get(args.action, args.action)
     if action == "start":
         info = open_workspace(profile).get_or_create_endpoint(name)
         print(f"endpoint {name} serving at {info.scoring_uri}")
@@ -69,6 +97,160 @@ def run_endpoint_command(args: argparse.Namespace, profile: Profile) -> int:
         print(open_workspace(profile).get_deployment_logs(name, args.deployment, lines=args.lines))
     elif action == "invoke":
         return _invoke(args, profile, name)
+    elif action == "rollback":
+        return _rollback(args, profile, name)
+    return 0
+
+
+class NothingToRollBack(WorkspaceError):
+    """The endpoint has no other deployment to put the traffic back on."""
+
+
+def rollback_target(
+    traffic: TrafficState,
+    deployments: dict[str, DeploymentInfo],
+    champion_model: str | None,
+    requested: str | None = None,
+) -> str:
+    """Pure: the deployment that gets all live traffic back.
+
+    One live deployment: the other one (blue <-> green). Traffic split (a rollout stopped
+    halfway): the live deployment serving the champion (the alias moves only once a rollout
+    has succeeded). `requested` (`--deployment`) overrides both.
+    """
+    names = sorted(deployments)
+    live = traffic.live
+    if requested is not None:
+        if requested not in deployments:
+            raise NothingToRollBack(
+                f"endpoint has no deployment {requested!r} (deployments: {', '.join(names)})"
+            )
+        return requested
+    if not live:
+        raise NothingToRollBack(
+            "nothing to roll back: no deployment has live traffic "
+            "(route some with `finetune-phi endpoint traffic NAME=100`)"
+        )
+    if len(live) == 1:
+        (current,) = live
+        others = [name for name in names if name != current]
+        if not others:
+            serving = deployments[current].model if current in deployments else "?"
+            raise NothingToRollBack(
+                f"nothing to roll back to: {current!r} (serving {serving}) is the only "
+                "deployment; the previous colour was retired after the rollout (keep it next "
+                "time with --set rollout.keep_previous=true)"
+            )
+        pair = {"blue": "green", "green": "blue"}.get(current)
+        if pair in others:
+            return pair
+        if len(others) == 1:
+            return others[0]
+        raise NothingToRollBack(
+            f"several deployments besides {current!r} ({', '.join(others)}): choose one with "
+            "--deployment NAME"
+        )
+    on_champion = [
+        name
+        for name in live
+        if deployments.get(name) is not None and deployments[name].model == champion_model
+    ]
+    if len(on_champion) == 1:
+        return on_champion[0]
+    shares = ", ".join(f"{n}={p}" for n, p in sorted(live.items()))
+    raise NothingToRollBack(
+        f"traffic is split ({shares}) and no single live deployment serves the champion: "
+        "choose one with --deployment NAME"
+    )
+
+
+def _split_model(model: str) -> tuple[str, str] | None:
+    name, sep, version = model.rpartition(":")
+    return (name, version) if sep and name and version else None
+
+
+def _rollback(args: argparse.Namespace, profile: Profile, name: str) -> int:
+    workspace = open_workspace(profile)
+    try:
+        return _do_rollback(workspace, args, profile, name)
+    except NothingToRollBack as exc:
+        print(f"finetune-phi: {exc}", file=sys.stderr)
+        return 1
+
+
+def _do_rollback(
+    workspace: Workspace, args: argparse.Namespace, profile: Profile, name: str
+) -> int:
+    traffic = workspace.get_traffic(name)
+    deployments = {d.name: d for d in workspace.list_deployments(name)}
+    registered = profile.model.registered_name
+    champion = workspace.get_model_by_alias(registered, CHAMPION)
+    champion_model = f"{registered}:{champion.version}" if champion is not None else None
+    target = rollback_target(traffic, deployments, champion_model, args.deployment)
+    info = deployments[target]
+    if traffic.live == {target: 100}:
+        print(f"{target!r} of {name} already has all live traffic: nothing to do")
+        return 0
+    if info.provisioning_state != "Succeeded" or not info.ready:
+        why = (
+            f"its provisioning state is {info.provisioning_state}"
+            if info.provisioning_state != "Succeeded"
+            else "it does not answer its readiness probe; is the endpoint stopped? "
+            "(`finetune-phi endpoint up`)"
+        )
+        if not args.force:
+            raise NothingToRollBack(
+                f"{target!r} is not ready: {why}; traffic left as it is (--force moves it anyway)"
+            )
+        print(f"warning: {target!r} is not ready: {why}; moving the traffic anyway (--force)")
+    before = dict(traffic.traffic)
+    wanted = {deployment: (100 if deployment == target else 0) for deployment in deployments}
+    applied = workspace.set_traffic(name, TrafficState(wanted, {}))
+    print(
+        f"rolled back endpoint {name}: traffic {before} -> {dict(applied.traffic)}"
+        + (f" (mirror {dict(traffic.mirror_traffic)} cleared)" if traffic.mirror_traffic else "")
+    )
+
+    served = _split_model(info.model)
+    if served is None:
+        print(f"warning: {target!r} serves {info.model!r}, not NAME:VERSION; champion not moved")
+        return 0
+    model_name, version = served
+    previous = workspace.get_model_by_alias(model_name, CHAMPION)
+    if previous is not None and previous.version == version:
+        print(f"champion {model_name}:{version} unchanged (it is what {target!r} serves)")
+        return 0
+    try:
+        workspace.set_model_alias(model_name, CHAMPION, version)
+        if previous is not None:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            workspace.set_model_tags(
+                model_name,
+                previous.version,
+                {"rolled_back": f"{stamp}: traffic moved to {target} ({model_name}:{version})"},
+            )
+            challenger = workspace.get_model_by_alias(model_name, CHALLENGER)
+            if challenger is not None and challenger.version == previous.version:
+                workspace.delete_model_alias(model_name, CHALLENGER)
+    except WorkspaceError as exc:
+        print(
+            f"finetune-phi: traffic was rolled back, but the champion alias could not be moved "
+            f"to {model_name}:{version}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    if previous is not None:
+        print(
+            f"champion {model_name}: {previous.version} -> {version} "
+            f"(version {previous.version} tagged rolled_back)"
+        )
+        print(
+            f"note: a run with version {previous.version}'s data and settings re-uses its job "
+            "and would promote it again; pause the schedule until it is fixed "
+            "(docs/runbook.md)"
+        )
+    else:
+        print(f"champion {model_name}: -> {version}")
     return 0
 
 
@@ -132,7 +314,7 @@ def add_endpoint_parser(
         commands.add_parser(
             "endpoint",
             help="start, stop and inspect the online endpoint (status, traffic, keys, logs, "
-            "invoke)",
+            "invoke, rollback)",
             description="Control the profile's online endpoint. Examples:\n"
             "  finetune-phi endpoint status\n"
             "  finetune-phi endpoint traffic blue=90 green=10\n"
@@ -140,14 +322,16 @@ def add_endpoint_parser(
             "  finetune-phi endpoint invoke Who founded Microsoft?\n"
             "  finetune-phi endpoint invoke --deployment green --request "
             '\'{"input_data": ["Hi"], "params": {}}\'\n'
-            "  finetune-phi endpoint keys --rotate secondary",
+            "  finetune-phi endpoint keys --rotate secondary\n"
+            "  finetune-phi endpoint rollback                 # all traffic to the other colour\n"
+            "  finetune-phi endpoint rollback --deployment blue\n"
+            "  finetune-phi endpoint down                     # = stop; `up` = start\n\n"
+            "Exit status: 0 done, 1 the endpoint refused or there is nothing to roll back to, "
+            "2 a bad option.",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
-    endpoint.add_argument(
-        "action",
-        choices=["start", "stop", "delete", "status", "traffic", "keys", "logs", "invoke"],
-    )
+    endpoint.add_argument("action", choices=ACTIONS)
     endpoint.add_argument(
         "values",
         nargs="*",
@@ -160,7 +344,8 @@ def add_endpoint_parser(
     endpoint.add_argument(
         "--deployment",
         default=None,
-        help="logs: whose logs; invoke: send to this deployment directly",
+        help="logs: whose logs; invoke: send to this deployment directly; rollback: the "
+        "deployment to put all traffic on",
     )
     endpoint.add_argument(
         "--mirror",
@@ -173,6 +358,11 @@ def add_endpoint_parser(
         "--rotate", choices=["primary", "secondary"], default=None, help="keys: regenerate this key"
     )
     endpoint.add_argument("--show", action="store_true", help="keys: print them")
+    endpoint.add_argument(
+        "--force",
+        action="store_true",
+        help="rollback: move the traffic even if the deployment is not ready",
+    )
     endpoint.add_argument("--lines", type=int, default=100, help="logs: how many lines")
     endpoint.add_argument("--request", default=None, help="invoke: a raw JSON request body")
     endpoint.add_argument(

@@ -3,18 +3,28 @@
 Pure functions of the pipeline's result: `report_markdown` (the markdown artifact),
 `report_rows` (the table artifact) and `summary_lines` (the terminal). Publishing them is
 `tasks.report`'s job.
+
+Pictures: the trainer draws the loss curves (`loss_curves.png` in the job's output folder, and
+an artifact of its MLflow run); the report links them (`loss_curves_location`).
+`write_gate_chart` draws the quality gate's comparison (candidate vs champion held-out loss and
+fact accuracy); `publish_gate_chart` writes it beside the loss curves and logs it to the
+candidate's MLflow run (local backend), for `finetune-phi run` to print.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from finetune_phi.evaluation import GateDecision
     from finetune_phi.settings import Profile
     from flows.finetune import PipelineResult
 
 SAMPLE_QUESTIONS = 3
+GATE_CHART_FILE = "gate.png"
 
 
 def _num(value: Any, spec: str = "{:.4f}") -> str:
@@ -40,6 +50,21 @@ def smoke_rows(result: PipelineResult) -> list[dict[str, Any]]:
     return rows
 
 
+def loss_curves_location(result: PipelineResult) -> str | None:
+    """Where the trainer's loss-curve picture is: the file in the job's output folder when it
+    is on this disk, else its MLflow artifact URI; None when the run trained nothing."""
+    if result.training is None:
+        return None
+    metrics = result.training.metrics
+    name = metrics.get("loss_curves")
+    if name:
+        local = Path(result.training.model_dir).parent / str(name)
+        if "://" not in result.training.model_dir and local.is_file():
+            return str(local)
+    uri = metrics.get("loss_curves_artifact_uri")
+    return str(uri) if uri else None
+
+
 def report_rows(result: PipelineResult) -> list[dict[str, str]]:
     """The table artifact: one metric per row, every value a string."""
     counts = result.dataset.manifest.counts
@@ -59,6 +84,7 @@ def report_rows(result: PipelineResult) -> list[dict[str, str]]:
             ),
             ("training seconds", _num(metrics.get("train_seconds"), "{:.0f}")),
             ("real tokens/s", _num(metrics.get("real_tokens_per_second"), "{:.0f}")),
+            ("loss curves", loss_curves_location(result) or "n/a"),
         ]
     if result.gate is not None:
         gate = result.gate
@@ -82,7 +108,8 @@ def report_rows(result: PipelineResult) -> list[dict[str, str]]:
     return [{"metric": key, "value": value} for key, value in rows]
 
 
-def report_markdown(result: PipelineResult) -> str:
+def report_markdown(result: PipelineResult, *, gate_chart: str | None = None) -> str:
+    """The markdown artifact; `gate_chart` links the gate's picture when one was drawn."""
     settings = result.settings
     model = result.model
     manifest = result.dataset.manifest
@@ -119,6 +146,9 @@ def report_markdown(result: PipelineResult) -> str:
                 else ""
             ),
         ]
+        curves = loss_curves_location(result)
+        if curves:
+            lines.append(f"- loss curves: [{Path(curves).name}]({_link(curves)}) (`{curves}`)")
     if result.gate is not None:
         gate = result.gate
         lines += ["", "## Quality gate", f"- {gate.reason}"]
@@ -129,6 +159,10 @@ def report_markdown(result: PipelineResult) -> str:
                     f"(perplexity {evaluation.perplexity:.2f}), fact accuracy "
                     f"{_num(evaluation.fact_accuracy, '{:.0%}')}"
                 )
+        if gate_chart:
+            lines.append(
+                f"- comparison: [{Path(gate_chart).name}]({_link(gate_chart)}) (`{gate_chart}`)"
+            )
     lines += ["", "## Lineage"]
     lines += [f"- {key}: `{value}`" for key, value in sorted(model.tags.items()) if value]
     lines += [
@@ -156,8 +190,18 @@ def report_markdown(result: PipelineResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary_lines(result: PipelineResult, answers: list[tuple[str, str, bool]]) -> list[str]:
-    """Pure: the terminal summary, from the result and sample (question, answer, correct)."""
+def _link(location: str) -> str:
+    """A markdown link target: URIs as they are, paths as file:// URIs."""
+    return location if "://" in location else Path(location).resolve().as_uri()
+
+
+def summary_lines(
+    result: PipelineResult,
+    answers: list[tuple[str, str, bool]],
+    pictures: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Pure: the terminal summary, from the result, sample (question, answer, correct) and
+    the pictures drawn (label -> path or URI)."""
     manifest = result.dataset.manifest
     counts = manifest.counts
     model = result.model
@@ -195,6 +239,12 @@ def summary_lines(result: PipelineResult, answers: list[tuple[str, str, bool]]) 
             else ""
         )
     )
+    shown = dict(pictures or {})
+    curves = loss_curves_location(result)
+    if curves and "loss curves" not in shown:
+        shown = {"loss curves": curves, **shown}
+    for label, location in shown.items():
+        lines.append(f"  picture   {label}: {location}")
     if answers:
         lines.append(f"  answers   (from the live endpoint {endpoint}, greedy)")
         for question, answer, ok in answers:
@@ -231,8 +281,96 @@ def endpoint_asker(profile: Profile) -> Callable[[str], str]:
     return ask
 
 
-def print_pipeline_summary(result: PipelineResult) -> None:
+def print_pipeline_summary(
+    result: PipelineResult, pictures: Mapping[str, str] | None = None
+) -> None:
     """The demo's last words: the summary, with answers from whatever serves live traffic."""
     serving = bool(result.traffic_after or result.traffic_before)
     answers = sample_answers(endpoint_asker(result.settings)) if serving else []
-    print("\n".join(summary_lines(result, answers)))
+    print("\n".join(summary_lines(result, answers, pictures)))
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def write_gate_chart(gate: GateDecision, destination: Path) -> Path | None:
+    """The gate's comparison as a PNG: held-out loss (with the limit the candidate had to stay
+    under) and, when measured, fact accuracy, candidate next to champion. None without
+    matplotlib. Drawn on matplotlib's Agg canvas: no display, no global pyplot state."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    evaluations = [("candidate", gate.candidate)]
+    if gate.champion is not None:
+        evaluations.append(("champion", gate.champion))
+    labels = [f"{who}\n{evaluation.model}" for who, evaluation in evaluations]
+    colours = ["tab:green" if gate.promote else "tab:red", "tab:gray"][: len(evaluations)]
+    accuracies = [evaluation.fact_accuracy for _, evaluation in evaluations]
+    with_facts = all(value is not None for value in accuracies)
+
+    figure = Figure(figsize=(8.0 if with_facts else 5.0, 4.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    loss_axes, *rest = figure.subplots(1, 2 if with_facts else 1, squeeze=False)[0]
+    losses = [evaluation.eval_loss for _, evaluation in evaluations]
+    bars = loss_axes.bar(labels, losses, color=colours)
+    loss_axes.bar_label(bars, fmt="%.4f")
+    limit = gate.details.get("loss_limit")
+    if limit is not None:
+        loss_axes.axhline(
+            limit, color="black", linestyle="--", linewidth=1, label=f"limit {limit:.4f}"
+        )
+        loss_axes.legend(loc="lower right")
+    loss_axes.set_ylim(0, max([*losses, limit or 0.0]) * 1.15)
+    loss_axes.set_ylabel("held-out loss (lower is better)")
+    loss_axes.set_title("held-out loss")
+    if with_facts and rest:
+        fact_axes = rest[0]
+        values = [float(value or 0.0) for value in accuracies]
+        bars = fact_axes.bar(labels, values, color=colours)
+        fact_axes.bar_label(bars, labels=[f"{v:.0%}" for v in values])
+        fact_axes.set_ylim(0, 1.1)
+        fact_axes.set_title("fact accuracy (higher is better)")
+    reason = gate.reason if len(gate.reason) <= 150 else gate.reason[:147] + "..."
+    figure.suptitle(textwrap.fill(f"quality gate: {reason}", 70 if with_facts else 45))
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = destination.with_name(destination.name + ".partial")
+    figure.savefig(staging, format="png")
+    staging.replace(destination)
+    return destination
+
+
+def gate_chart_destination(result: PipelineResult) -> Path:
+    """Beside the loss curves in the job's output folder when that is on this disk, else in
+    the state folder's reports/."""
+    if result.training is not None and "://" not in result.training.model_dir:
+        output = Path(result.training.model_dir).parent
+        if output.is_dir():
+            return output / GATE_CHART_FILE
+    model = result.model
+    return result.settings.state_dir / "reports" / f"{model.name}-{model.version}-gate.png"
+
+
+def publish_gate_chart(result: PipelineResult) -> str | None:
+    """Draw the gate's comparison for a run that had a gate, and (local backend) log it to the
+    candidate's MLflow training run; where it is, or None. Never fails the caller: a picture
+    that cannot be drawn is skipped."""
+    if result.gate is None:
+        return None
+    try:
+        path = write_gate_chart(result.gate, gate_chart_destination(result))
+    except Exception:  # a picture must not turn a finished run into a failed command
+        return None
+    if path is None:
+        return None
+    run_id = (result.training.metrics.get("mlflow_run_id") if result.training else None) or None
+    if run_id and result.settings.backend.kind == "local":
+        try:
+            from finetune_phi.state import StateLayout
+            from finetune_phi.tracking import client
+
+            client(StateLayout(result.settings.state_dir)).log_artifact(str(run_id), str(path))
+        except Exception:
+            pass  # the file is still there; MLflow just does not list it
+    return str(path)

@@ -13,6 +13,7 @@ It writes into --model_output_dir:
     mlflow_model/   the fine-tuned model as an MLflow transformers model (registered from here,
                     not from the run's artifact store: see SEED.md)
     metrics.json    train/eval loss, eval loss before training, real tokens/s, duration, lineage
+    loss_curves.png training and eval loss by step (also logged to the MLflow run)
     checkpoints/    resumable checkpoints while training; a re-run resumes from the last one
 
 A re-run whose output already holds a finished model for the same hyperparameters does
@@ -42,6 +43,7 @@ LOGGER = logging.getLogger("trainer.fine_tune")
 MLFLOW_MODEL_DIR = "mlflow_model"
 CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.json"
+LOSS_CURVES_FILE = "loss_curves.png"
 # Test hook for resume: raise after this optimizer step, as a crash would (never set in real use).
 FAULT_ENV = "FINETUNE_PHI_FAIL_AFTER_STEP"
 
@@ -332,6 +334,66 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
     staging.replace(path)
 
 
+def loss_points(
+    log_history: Sequence[dict[str, Any]], eval_before: float | None = None
+) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(step, loss) of training and of evaluation, from the Trainer's `state.log_history`.
+
+    The eval loss before training (measured before `train()` resets the state) is step 0.
+    """
+    train = [
+        (int(entry["step"]), float(entry["loss"]))
+        for entry in log_history
+        if "loss" in entry and "step" in entry
+    ]
+    evals: dict[int, float] = {} if eval_before is None else {0: float(eval_before)}
+    for entry in log_history:
+        if "eval_loss" in entry and "step" in entry:
+            evals[int(entry["step"])] = float(entry["eval_loss"])
+    return train, sorted(evals.items())
+
+
+def write_loss_curves(
+    log_history: Sequence[dict[str, Any]],
+    eval_before: float | None,
+    destination: Path,
+    *,
+    title: str = "",
+) -> Path | None:
+    """Training and eval loss by step as a PNG (matplotlib's Agg canvas, no display needed).
+
+    A picture is a nice-to-have: without matplotlib, or without a single point, it is skipped
+    (None) and training is not failed for it.
+    """
+    train, evals = loss_points(log_history, eval_before)
+    if not train and not evals:
+        return None
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        print("matplotlib is not installed: no loss curve picture", flush=True)
+        return None
+    figure = Figure(figsize=(7.0, 4.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    if train:
+        axes.plot(*zip(*train, strict=True), label="train loss", color="tab:blue")
+    if evals:
+        axes.plot(*zip(*evals, strict=True), "o--", label="eval loss", color="tab:orange")
+        for step, loss in (evals[0], evals[-1]):
+            axes.annotate(f"{loss:.3f}", (step, loss), textcoords="offset points", xytext=(4, 6))
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("loss (cross-entropy)")
+    axes.set_title(title or "loss curves")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    staging = destination.with_name(destination.name + ".partial")
+    figure.savefig(staging, format="png")
+    staging.replace(destination)
+    return destination
+
+
 def main(job: JobArguments, run: RunOptions, hp: Hyperparameters) -> dict[str, Any]:
     """Fine-tune, evaluate, save the MLflow model and metrics.json; return the metrics."""
     logging.basicConfig(
@@ -419,7 +481,21 @@ def main(job: JobArguments, run: RunOptions, hp: Hyperparameters) -> dict[str, A
             "eval_file_sha256": file_sha256(job.eval_file),
             "mlflow_run_id": mlflow_run_id,
         }
-        _finish_mlflow_run(mlflow_run_id, metrics)
+        try:
+            curves = write_loss_curves(
+                trainer.state.log_history,
+                eval_before,
+                output_dir / LOSS_CURVES_FILE,
+                title=f"fine-tuning {Path(job.base_model).name} ({hp.method}, config "
+                f"{config_hash[:12]})",
+            )
+        except Exception as exc:  # a picture never fails a finished training run
+            print(f"no loss curve picture: {type(exc).__name__}: {exc}", flush=True)
+            curves = None
+        metrics["loss_curves"] = curves.name if curves is not None else None
+        metrics["loss_curves_artifact_uri"] = _finish_mlflow_run(
+            mlflow_run_id, metrics, artifact=curves
+        )
         write_json_atomically(output_dir / METRICS_FILE, metrics)
     except BaseException:
         if mlflow_run_id is not None:
@@ -475,6 +551,7 @@ def _start_mlflow_run(
     mlflow.set_tracking_uri(tracking_uri)
     # Inside an Azure ML job MLFLOW_RUN_ID names the job's own run; start_run attaches to it.
     if not os.environ.get("MLFLOW_RUN_ID"):
+        _create_experiment_beside_database(tracking_uri, job.mlflow_experiment)
         mlflow.set_experiment(job.mlflow_experiment)
     active = mlflow.start_run(run_name=job.run_name)
     # A bounded parameter set: the hyperparameters and where the data came from.
@@ -489,9 +566,29 @@ def _start_mlflow_run(
     return str(active.info.run_id)
 
 
-def _finish_mlflow_run(run_id: str | None, metrics: dict[str, Any]) -> None:
-    if run_id is None:
+def _create_experiment_beside_database(tracking_uri: str, name: str) -> None:
+    """A new experiment on a sqlite store keeps its artifacts beside the database
+    (`<db folder>/mlartifacts/<name>`, as `finetune_phi.tracking` lays out the state folder),
+    not in ./mlruns of whatever directory the trainer runs in. Existing experiments (the
+    local job runner creates its own first) are left as they are."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
         return
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if client.get_experiment_by_name(name) is None:
+        artifacts = Path(tracking_uri[len(prefix) :]).resolve().parent / "mlartifacts" / name
+        client.create_experiment(name, artifact_location=artifacts.as_uri())
+
+
+def _finish_mlflow_run(
+    run_id: str | None, metrics: dict[str, Any], *, artifact: Path | None = None
+) -> str | None:
+    """Log the final metrics (and the picture, when there is one) and close the run; the
+    picture's artifact URI."""
+    if run_id is None:
+        return None
     import mlflow
 
     final = {
@@ -506,7 +603,12 @@ def _finish_mlflow_run(run_id: str | None, metrics: dict[str, Any]) -> None:
         if metrics.get(key) is not None
     }
     mlflow.log_metrics(final)
+    artifact_uri = None
+    if artifact is not None:
+        mlflow.log_artifact(str(artifact))
+        artifact_uri = mlflow.get_artifact_uri(artifact.name)
     mlflow.end_run(status="FINISHED")
+    return artifact_uri
 
 
 if __name__ == "__main__":
