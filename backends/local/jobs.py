@@ -28,6 +28,7 @@ import psutil
 import yaml
 
 from backends.local.launcher import EXIT_FILE
+from backends.local.processes import read_cmdline
 from backends.workspace import JobRecord, JobStatus, NotFound, TrainingJobSpec
 from finetune_phi.state import StateLayout
 from finetune_phi.tracking import ensure_experiment
@@ -114,7 +115,7 @@ class LocalJobs:
             process = psutil.Process(int(pid))
             if process.status() == psutil.STATUS_ZOMBIE:
                 return None
-            cmdline = process.cmdline()
+            cmdline = read_cmdline(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return None
         if LAUNCHER_MODULE in cmdline and str(self.job_dir(data["name"])) in cmdline:
