@@ -38,13 +38,24 @@ Generation parameters (`params`, or `parameters` in the legacy shape), all optio
 
     max_new_tokens      integer, 1..512, default 128
     do_sample           boolean, default false (greedy decoding: same request, same answer)
-    temperature         number, 0 < t <= 2, default 0.7; used only when do_sample is true
+    temperature         number, 0.01 <= t <= 2, default 0.7; used only when do_sample is true
     top_p               number, 0 < p <= 1, default 1.0; used only when do_sample is true
     top_k               integer, 1..1000, default none (no top-k filter); only when sampling
-    repetition_penalty  number, 0 < r <= 2, default 1.0 (no penalty)
+    repetition_penalty  number, 0.01 <= r <= 2, default 1.0 (no penalty)
     seed                integer, 0..2**32-1, default none; with do_sample, makes sampling
                         reproducible
     return_full_text    boolean, default true; texts only (see above)
+
+Temperature and repetition penalty divide the logits: tiny values overflow float32 into
+inf/NaN, which sampling cannot draw from (1e-45 did: a 500, not an answer); 0.01 leaves a wide
+margin.
+
+Texts and message contents must be valid Unicode (no lone surrogates, which JSON's `\ud800`
+escapes can produce), hold no control characters other than tab, newline and carriage return
+(NUL and the like are never text), and have at least one visible character (whitespace and
+invisible format characters such as right-to-left marks alone are as empty as ""). Such
+characters inside ordinary text are fine. A body may nest arrays and objects at most
+MAX_JSON_DEPTH deep.
 
 Every problem raises `BadRequest` with a message that names the field, says what is allowed
 and shows what was sent, e.g.
@@ -54,7 +65,9 @@ and shows what was sent, e.g.
 from __future__ import annotations
 
 import json
-import math
+import re
+import sys
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -71,6 +84,10 @@ MAX_INPUTS: Final = 16  # texts in one request
 MAX_INPUT_CHARS: Final = 8_000  # characters in one text
 MAX_MESSAGES: Final = 64  # messages in one chat
 MAX_CHAT_CHARS: Final = 16_000  # characters over all messages of one chat
+MAX_JSON_DEPTH: Final = 32  # nested arrays/objects in a body; a valid request needs 4
+# The smallest temperature / repetition penalty: they divide the logits, and tiny values
+# overflow float32 (inf/NaN), which sampling fails on; this one leaves a wide margin.
+MIN_LOGIT_DIVISOR: Final = 0.01
 
 ROLES: Final = ("system", "user", "assistant")
 # Between the input text and the reply when return_full_text is true. The reply follows the
@@ -166,7 +183,9 @@ def _reject_constant(name: str) -> Any:
 
 
 def parse_json(raw: str | bytes | bytearray) -> Any:
-    """Decode a request body. Python's json accepts NaN and Infinity; JSON does not, nor do we."""
+    """Decode a request body. Python's json accepts NaN and Infinity; JSON does not, nor do we.
+    Nor do we take what would crash the decoder or what follows it: nesting past
+    MAX_JSON_DEPTH, integers of more digits than Python converts."""
     if isinstance(raw, bytes | bytearray):
         try:
             raw = raw.decode("utf-8")
@@ -175,9 +194,42 @@ def parse_json(raw: str | bytes | bytearray) -> Any:
     if not raw.strip():
         raise BadRequest("request body is empty; expected a JSON object")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except BadRequest:
+        raise
     except json.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(_TOO_DEEP) from None
+    except ValueError:  # an integer longer than Python converts (no other ValueError is left)
+        raise BadRequest(
+            f"request body: a number has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
+    if _too_deep(data):
+        raise BadRequest(_TOO_DEEP)
+    return data
+
+
+_TOO_DEEP: Final = (
+    f"request body is nested too deeply: at most {MAX_JSON_DEPTH} levels of arrays and objects"
+)
+
+
+def _too_deep(data: Any) -> bool:
+    """Whether arrays/objects nest past MAX_JSON_DEPTH (iteratively: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, list | dict))
+    return False
 
 
 def parse_request(body: str | bytes | bytearray | Mapping[str, Any]) -> ScoringRequest:
@@ -346,18 +398,21 @@ def _integer(low: int, high: int) -> Callable[[Any, str], int]:
     return check
 
 
-def _number(high: float, hint: str = "") -> Callable[[Any, str], float]:
-    """A number in (0, high]: zero is excluded for every number parameter we take."""
+def _number(high: float, hint: str = "", low: float | None = None) -> Callable[[Any, str], float]:
+    """A number in (0, high]: zero is excluded for every number parameter we take; with `low`,
+    in [low, high] (the message for 0 and below stays the general one)."""
 
     def check(value: Any, where: str) -> float:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or not 0 < value <= high
-        ):
+        # Comparisons only: int/float comparisons are exact for any size (math.isfinite would
+        # overflow on a 400-digit integer), and NaN and infinities fail them.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= high:
             raise BadRequest(
                 f"{where}: must be a number greater than 0 and at most {high:g}{hint}, "
+                f"got {_show(value)}"
+            )
+        if low is not None and value < low:
+            raise BadRequest(
+                f"{where}: must be at least {low:g}, as smaller values overflow sampling{hint}, "
                 f"got {_show(value)}"
             )
         return float(value)
@@ -374,10 +429,12 @@ def _boolean(value: Any, where: str) -> bool:
 _PARAM_RULES: Final[dict[str, Callable[[Any, str], Any]]] = {
     "max_new_tokens": _integer(1, MAX_NEW_TOKENS),
     "do_sample": _boolean,
-    "temperature": _number(MAX_TEMPERATURE, " (for greedy decoding set do_sample to false)"),
+    "temperature": _number(
+        MAX_TEMPERATURE, " (for greedy decoding set do_sample to false)", MIN_LOGIT_DIVISOR
+    ),
     "top_p": _number(1.0),
     "top_k": _integer(1, MAX_TOP_K),
-    "repetition_penalty": _number(MAX_REPETITION_PENALTY),
+    "repetition_penalty": _number(MAX_REPETITION_PENALTY, low=MIN_LOGIT_DIVISOR),
     "seed": _integer(0, MAX_SEED),
     "return_full_text": _boolean,
 }
@@ -390,6 +447,28 @@ def _check_text(value: Any, where: str, max_chars: int) -> None:
         raise BadRequest(f"{where}: must be a non-empty string")
     if len(value) > max_chars:
         raise BadRequest(f"{where}: at most {max_chars} characters, got {len(value)}")
+    bad = _SURROGATE.search(value)
+    if bad:
+        raise BadRequest(
+            f"{where}: not valid Unicode: lone surrogate U+{ord(bad.group()):04X} at index "
+            f"{bad.start()}"
+        )
+    bad = _CONTROL.search(value)
+    if bad:
+        raise BadRequest(
+            f"{where}: control character U+{ord(bad.group()):04X} at index {bad.start()}; only "
+            "tab, newline and carriage return are allowed"
+        )
+    if all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in value):
+        raise BadRequest(
+            f"{where}: no visible characters, only whitespace and invisible format characters "
+            f"(such as U+{ord(next(ch for ch in value if not ch.isspace())):04X})"
+        )
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+# C0 and C1 control characters and DEL, except \t \n \r.
+_CONTROL: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -427,6 +506,10 @@ def _show(value: Any) -> str:
     """A sent value as JSON (so `true`, not `True`), shortened: messages must stay readable."""
     try:
         text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    if len(text) > 80:
+        text = text[:77] + "..."
+    # A lone surrogate (JSON's "\ud800") cannot be encoded as UTF-8: the error response would
+    # fail to render (a 500). Show it escaped, as the client wrote it.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

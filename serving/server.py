@@ -9,9 +9,12 @@ answer while it loads), then hand each request body to `score.run()`.
     GET  /liveness   200 as soon as the process serves HTTP
     GET  /readiness  503 while init() runs, 200 once it finished, 500 with the error if it failed
     POST /score      the answer (200); 400 {"error"} on a bad request or invalid JSON; 413 on a
-                     body over 1 MiB; 503 {"error"} before the model is ready or if it failed to
+                     body over 1 MiB; 415 on a Content-Type other than JSON (none at all is
+                     taken as JSON); 503 {"error"} before the model is ready or if it failed to
                      load; 500 {"error"} on any other failure (no traceback: that goes to the log)
     GET  /           200 {"name", "model_dir", "status", "ready", "error", "init_seconds"}
+
+Any other path is a 404 and any other method a 405, both with an {"error"} JSON body.
 
 Generation is serialized (one model, CPU): requests queue on an asyncio lock, not on threads.
 Each request is logged to stdout as one line (method, path, status, latency); bodies never
@@ -139,6 +142,9 @@ def create_app(config: ServerConfig) -> Starlette:
         if not state.ready:
             why = f"failed to load: {state.error}" if state.status == "failed" else "loading"
             return _error(503, f"the model is not ready ({why})")
+        media_type = _media_type(request.headers.get("content-type"))
+        if media_type is not None and not _is_json(media_type):
+            return _error(415, f"Content-Type must be application/json, got {media_type!r}")
         body = await _read_body(request)
         if body is None:
             return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
@@ -163,6 +169,12 @@ def create_app(config: ServerConfig) -> Starlette:
         yield
         LOGGER.info("stopped")
 
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _error(404, f"no route {request.url.path}")
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        return _error(405, f"{request.method} is not allowed on {request.url.path}")
+
     app = Starlette(
         routes=[
             Route("/", info, methods=["GET"]),
@@ -171,6 +183,7 @@ def create_app(config: ServerConfig) -> Starlette:
             Route("/score", score, methods=["POST"]),
         ],
         lifespan=lifespan,
+        exception_handlers={404: not_found, 405: not_allowed},
     )
     app.add_middleware(AccessLog, name=config.name)
     return app
@@ -229,6 +242,21 @@ async def _read_body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
+def _media_type(header: str | None) -> str | None:
+    """The media type of a Content-Type header, lower case, without parameters; None if absent
+    or blank."""
+    if header is None:
+        return None
+    media_type = header.split(";", 1)[0].strip().lower()
+    return media_type or None
+
+
+def _is_json(media_type: str) -> bool:
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
 def _to_response(result: Any) -> Response:
     """run()'s result as HTTP: an AMLResponse-like (flask) response keeps its status, body and
     content type; anything else is JSON with 200."""
@@ -241,7 +269,9 @@ def _to_response(result: Any) -> Response:
 
 
 def _error(status: int, message: str) -> Response:
-    return JSONResponse(error_body(message[:MAX_ERROR_CHARS]), status_code=status)
+    # A lone surrogate (from a JSON "\ud800" escape) would make the JSON body unencodable.
+    safe = message[:MAX_ERROR_CHARS].encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse(error_body(safe), status_code=status)
 
 
 def _describe(exc: BaseException) -> str:
