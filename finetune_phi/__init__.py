@@ -7,4 +7,8 @@ the state-folder layout. It must not import Prefect at module level, so the piec
 usable from plain scripts and tests.
 """
 
+from finetune_phi.telemetry import telemetry_off
+
 __version__ = "0.1.0"
+
+telemetry_off()  # before Prefect, MLflow or huggingface_hub is imported by anything of ours

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 # The demo runs on a machine that may have no internet: Prefect's temporary server would log a
 # failed analytics call at start-up. Users who set these themselves keep their choice.
-OFFLINE_PREFECT_DEFAULTS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+# (Telemetry is off already: finetune_phi.telemetry, applied on import.)
+OFFLINE_PREFECT_DEFAULTS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true"}
 
 EXAMPLES = """\
 Examples:
