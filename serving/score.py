@@ -14,6 +14,11 @@ files sit there, often one folder down) by its `MLmodel` file, and loads it with
 `mlflow.transformers.load_model(..., return_type="components")`. `run()` validates the request
 with `contract.py` (shapes and caps are documented there) and generates.
 
+`run_many(bodies)` answers several bodies at once, generating the prompts that share generation
+parameters together in left-padded `model.generate` calls; the local server uses it for dynamic
+batching (`serving/server.py`). Greedy answers are the same as `run`'s (padding is masked out;
+tests/serving/test_batching.py checks it on the tiny model); seeded sampling is never batched.
+
 Bad requests: under azmlinfsrv, `run()` returns an `AMLResponse` with status 400 and
 `{"error": "..."}` (raising would become a 500 there); elsewhere it raises
 `contract.BadRequest`, which `serving.server` maps to the same 400 answer.
@@ -24,13 +29,14 @@ stack, imported lazily): what is deployed to Azure is this folder, nothing else 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -120,6 +126,8 @@ class Scorer:
         self.model_path = model_path
         self.load_seconds = load_seconds
         self._lock = threading.Lock()
+        # how many model.generate calls had each batch size (prompts per call)
+        self.batch_sizes: dict[int, int] = {}
 
     @classmethod
     def load(cls, model_dir: str | Path) -> Scorer:
@@ -148,31 +156,127 @@ class Scorer:
         """Answer a validated request in its form's response shape (see contract.py)."""
         if isinstance(request, contract.ChatRequest):
             return contract.chat_response(self.reply(request.conversation(), request.params))
-        # One text at a time: a text's answer does not depend on what else was in the request
-        # (batching pads, and padding can nudge greedy decoding), and CPU gains little.
+        # One text at a time here (Azure's run() path); the local server batches through
+        # score_many, whose greedy answers are the same (checked in tests/serving).
         replies = [self.reply(chat, request.params) for chat in request.conversations()]
         return contract.text_response(request, replies)
 
     def reply(self, messages: list[dict[str, str]], params: contract.GenerationParams) -> str:
         """The model's next assistant message for a chat, through its chat template."""
-        import torch
+        return self.generate([self.prompt_ids(messages, params)], params)[0]
 
-        inputs = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        ).to(self.model.device)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
+    def prompt_ids(
+        self, messages: list[dict[str, str]], params: contract.GenerationParams
+    ) -> list[int]:
+        """A chat's prompt tokens (its chat template, generation prompt added); `BadRequest` if
+        the prompt and `max_new_tokens` do not fit the model's context."""
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_dict=True
+        )["input_ids"]
+        prompt_tokens = len(ids)
         context = getattr(self.model.config, "max_position_embeddings", None)
         if context is not None and prompt_tokens + params.max_new_tokens > context:
             raise contract.BadRequest(
                 f"input is {prompt_tokens} tokens; with max_new_tokens {params.max_new_tokens} "
                 f"that exceeds the model's context of {context} tokens"
             )
+        return [int(token) for token in ids]
+
+    def generate(
+        self, prompts: Sequence[list[int]], params: contract.GenerationParams
+    ) -> list[str]:
+        """The replies to several prompts, generated together in one `model.generate` call.
+
+        Prompts of different lengths are padded on the left (a decoder-only model continues
+        the last position of each row) and masked out. One prompt is not padded at all.
+        """
+        import torch
+
+        longest = max(len(ids) for ids in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (longest - len(ids)) + ids for ids in prompts])
+        attention_mask = torch.tensor(
+            [[0] * (longest - len(ids)) + [1] * len(ids) for ids in prompts]
+        )
         with self._lock, self._seeded(params), torch.inference_mode():
             output = self.model.generate(
-                **inputs, **params.generate_kwargs(), pad_token_id=self.tokenizer.pad_token_id
+                input_ids=input_ids.to(self.model.device),
+                attention_mask=attention_mask.to(self.model.device),
+                **params.generate_kwargs(),
+                pad_token_id=pad,
             )
-        new_tokens = output[0, prompt_tokens:]
-        return str(self.tokenizer.decode(new_tokens, skip_special_tokens=True)).strip()
+            self.batch_sizes[len(prompts)] = self.batch_sizes.get(len(prompts), 0) + 1
+        stops = self._stop_tokens()
+        replies = []
+        for row in output[:, longest:].tolist():
+            # A row that ended early is filled up with padding: cut it at its end token, as
+            # generating it alone would have stopped there.
+            end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+            replies.append(str(self.tokenizer.decode(row[:end], skip_special_tokens=True)).strip())
+        return replies
+
+    def score_many(
+        self, requests: Sequence[contract.ScoringRequest], max_batch_size: int = 8
+    ) -> list[Any]:
+        """Answer several validated requests; each gets `score(request)`'s answer, or the
+        exception it raised (a `BadRequest` for a prompt too long), in order.
+
+        Texts and chats of all the requests are generated in batches of at most
+        `max_batch_size` prompts that share the same generation parameters (requests with
+        different ones never share a batch). Seeded sampling is never batched: a seed promises
+        the same answer as the request alone. Greedy answers are the same as unbatched ones:
+        left padding is masked out and positions start at each prompt's first token, so only
+        float rounding differs, and it never flipped a token in what was checked
+        (tests/serving/test_batching.py on the test model, every fact probe on the default
+        tiny model in bench/serving.py). What is tested is the same text, not bitwise logits.
+        """
+        outcomes: list[Any] = [None] * len(requests)
+        replies: list[list[str | None]] = []
+        # (params) -> [(request index, position in the request, prompt ids)]
+        groups: dict[tuple[Any, ...], list[tuple[int, int, list[int]]]] = {}
+        for index, request in enumerate(requests):
+            chats = (
+                [request.conversation()]
+                if isinstance(request, contract.ChatRequest)
+                else request.conversations()
+            )
+            replies.append([None] * len(chats))
+            try:
+                prompts = [self.prompt_ids(chat, request.params) for chat in chats]
+            except Exception as exc:
+                outcomes[index] = exc
+                continue
+            key = _batch_key(request.params, index)
+            groups.setdefault(key, []).extend(
+                (index, position, ids) for position, ids in enumerate(prompts)
+            )
+        for items in groups.values():
+            params = requests[items[0][0]].params
+            for start in range(0, len(items), max(1, max_batch_size)):
+                chunk = items[start : start + max(1, max_batch_size)]
+                try:
+                    answers = self.generate([ids for _, _, ids in chunk], params)
+                except Exception as exc:
+                    for index, _, _ in chunk:
+                        outcomes[index] = exc
+                    continue
+                for (index, position, _), answer in zip(chunk, answers, strict=True):
+                    replies[index][position] = answer
+        for index, request in enumerate(requests):
+            if outcomes[index] is not None:
+                continue
+            done = [reply for reply in replies[index] if reply is not None]
+            if isinstance(request, contract.ChatRequest):
+                outcomes[index] = contract.chat_response(done[0])
+            else:
+                outcomes[index] = contract.text_response(request, done)
+        return outcomes
+
+    def _stop_tokens(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
 
     @contextmanager
     def _seeded(self, params: contract.GenerationParams) -> Iterator[None]:
@@ -186,6 +290,15 @@ class Scorer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(params.seed)
             yield
+
+
+def _batch_key(params: contract.GenerationParams, index: int) -> tuple[Any, ...]:
+    """Which requests may share a `model.generate` call: those with the same generation
+    parameters (`return_full_text` only shapes the answer). A seeded sampling request is a
+    group of its own."""
+    if params.do_sample and params.seed is not None:
+        return ("alone", index)
+    return ("shared", dataclasses.replace(params, return_full_text=True))
 
 
 _scorer: Scorer | None = None
@@ -218,6 +331,33 @@ def run(raw_data: str | bytes | Mapping[str, Any]) -> Any:
         return aml_response(contract.error_body(str(exc)), 400, json_str=True)
 
 
+def run_many(
+    raw_data: Sequence[str | bytes | Mapping[str, Any]], max_batch_size: int = 8
+) -> list[Any]:
+    """Several request bodies at once (the local server's dynamic batching; azmlinfsrv only
+    ever calls `run`): for each body, in order, what `run` would answer, or the exception it
+    would raise (`BadRequest` for a bad request, never an AMLResponse). Prompts with the same
+    generation parameters are generated together, `max_batch_size` at most per call.
+    """
+    outcomes: list[Any] = [None] * len(raw_data)
+    parsed: list[tuple[int, contract.ScoringRequest]] = []
+    for index, body in enumerate(raw_data):
+        try:
+            parsed.append((index, contract.parse_request(body)))
+        except contract.BadRequest as exc:
+            outcomes[index] = exc
+    if parsed:
+        if _scorer is None:
+            error = ModelNotLoaded("the model is not loaded: init() has not completed")
+            for index, _ in parsed:
+                outcomes[index] = error
+        else:
+            answers = _scorer.score_many([request for _, request in parsed], max_batch_size)
+            for (index, _), answer in zip(parsed, answers, strict=True):
+                outcomes[index] = answer
+    return outcomes
+
+
 def _aml_response_class() -> Any:
     """azmlinfsrv's AMLResponse when running under it (it registers the module), else None."""
     try:
@@ -225,3 +365,8 @@ def _aml_response_class() -> Any:
     except ImportError:
         return None
     return AMLResponse
+
+
+def metrics() -> dict[str, Any]:
+    """Counters for the server's /metrics: `model.generate` calls by batch size (prompts)."""
+    return {"generate_batches": dict(_scorer.batch_sizes) if _scorer is not None else {}}

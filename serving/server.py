@@ -13,10 +13,21 @@ answer while it loads), then hand each request body to `score.run()`.
                      taken as JSON); 503 {"error"} before the model is ready or if it failed to
                      load; 500 {"error"} on any other failure (no traceback: that goes to the log)
     GET  /           200 {"name", "model_dir", "status", "ready", "error", "init_seconds"}
+    GET  /metrics    200 {"batching", "batch_window_ms", "max_batch_size", "request_batches",
+                     "generate_batches"}: how many batches of each size were run (see below)
 
 Any other path is a 404 and any other method a 405, both with an {"error"} JSON body.
 
-Generation is serialized (one model, CPU): requests queue on an asyncio lock, not on threads.
+Generation is serialized (one model): one generation runs at a time, requests queue on the
+event loop, not on threads. Concurrent requests are batched dynamically: a request that arrives
+while the server is busy (or within --batch-window-ms of the first of a batch, when requests
+have been arriving together: see `Batcher`) joins the next batch, up to --max-batch-size; the
+scoring script's `run_many` generates the prompts that share generation parameters in one
+padded `model.generate` call, and each caller gets its own answer (greedy answers are the
+same as unbatched). A lone request on an idle server does not wait for the window. A scoring
+module without `run_many`, or --max-batch-size 1, serves one request at a time via `run`.
+`/metrics` counts the batches: `request_batches` (requests per batch) and `generate_batches`
+(prompts per `model.generate` call), each as {size: count}.
 Each request is logged to stdout as one line (method, path, status, latency); bodies never
 are. SIGTERM and SIGINT stop it gracefully: no new connections, in-flight requests finish
 (up to --graceful-timeout seconds), exit status 0. When the socket listens it prints
@@ -36,7 +47,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,10 +85,18 @@ class ModelState:
         return self.status == "ready"
 
 
+DEFAULT_BATCH_WINDOW_MS = 5.0
+DEFAULT_MAX_BATCH_SIZE = 8
+
+
 @dataclass
 class ServerConfig:
     model_dir: Path
     name: str = "deployment"
+    # Dynamic batching: how long the first request of a batch waits for others, and how many
+    # requests a batch holds at most (1: no batching).
+    batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     # The scoring module (anything with init() and run(raw_data)); a seam for tests.
     scorer: Any = None
     state: ModelState = field(default_factory=ModelState)
@@ -111,10 +130,126 @@ def _init_model(config: ServerConfig) -> None:
         LOGGER.info("ready in %.1f s", config.state.seconds)
 
 
+@dataclass
+class _Pending:
+    body: str
+    future: asyncio.Future[Any]
+    arrived: float
+
+
+class Batcher:
+    """Collects concurrent requests into batches for `run_many(bodies, max_batch_size)`, one
+    batch at a time, in a worker task on the event loop.
+
+    How many requests to wait for: as many as were waiting or generating at once during the
+    previous batch (the clients that came together are likely to come again), or that are in
+    `in_flight()` now, capped at `max_batch_size`. The first request of a batch waits for them
+    at most `window_s`, counted from when it arrived or the previous batch finished, whichever
+    is later. So a lone client on an idle server never waits, and a batch that comes back to
+    a group of clients does not leave before their next requests are in.
+    """
+
+    def __init__(
+        self,
+        run_many: Any,
+        window_s: float,
+        max_batch_size: int,
+        in_flight: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.run_many = run_many
+        self.window_s = window_s
+        self.max_batch_size = max_batch_size
+        self.in_flight = in_flight
+        self.sizes: dict[int, int] = {}
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._active = 0  # submitted and not yet answered
+        self._peak = 0  # most active at once since the current batch started
+        self._free_since = 0.0
+
+    async def submit(self, body: str) -> Any:
+        """run_many's outcome for this body: an answer, or the exception to raise."""
+        loop = asyncio.get_running_loop()
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._work())
+        pending = _Pending(body, loop.create_future(), loop.time())
+        self._active += 1
+        self._peak = max(self._peak, self._active)
+        self._queue.put_nowait(pending)
+        try:
+            return await pending.future
+        finally:
+            self._active -= 1
+
+    def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+
+    async def _collect(self) -> list[_Pending]:
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        wanted = min(self.max_batch_size, max(self._peak, self.in_flight()))
+        if self.window_s > 0 and wanted > 1:
+            deadline = max(batch[0].arrived, self._free_since) + self.window_s
+            while len(batch) < wanted:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+        while len(batch) < self.max_batch_size and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        return batch
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [item for item in await self._collect() if not item.future.done()]
+            if not batch:  # every caller gave up (disconnected) while it waited
+                continue
+            self._peak = self._active
+            self.sizes[len(batch)] = self.sizes.get(len(batch), 0) + 1
+            try:
+                outcomes = await asyncio.to_thread(
+                    self.run_many, [item.body for item in batch], self.max_batch_size
+                )
+                if len(outcomes) != len(batch):
+                    raise RuntimeError(f"run_many answered {len(outcomes)} of {len(batch)}")
+            except Exception as exc:
+                LOGGER.exception("run_many() failed")
+                outcomes = [exc] * len(batch)
+            self._free_since = loop.time()
+            for item, outcome in zip(batch, outcomes, strict=True):
+                if not item.future.done():
+                    item.future.set_result(outcome)
+
+
 def create_app(config: ServerConfig) -> Starlette:
     """The ASGI app for one deployment. Sets AZUREML_MODEL_DIR and starts init() at start-up."""
     generation_lock = asyncio.Lock()
     state = config.state
+    in_flight = 0  # score requests being handled now
+    batcher = Batcher(
+        None,
+        config.batch_window_ms / 1000,
+        config.max_batch_size,
+        in_flight=lambda: in_flight,
+    )
+
+    def batching() -> bool:
+        return config.max_batch_size > 1 and callable(getattr(config.scorer, "run_many", None))
+
+    async def generate(text: str) -> Any:
+        if not batching():
+            async with generation_lock:
+                return await asyncio.to_thread(config.scorer.run, text)
+        batcher.run_many = config.scorer.run_many
+        outcome = await batcher.submit(text)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     async def liveness(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
@@ -138,7 +273,28 @@ def create_app(config: ServerConfig) -> Starlette:
             }
         )
 
+    async def metrics(request: Request) -> Response:
+        scorer_metrics = getattr(config.scorer, "metrics", None)
+        generate_batches = scorer_metrics().get("generate_batches", {}) if scorer_metrics else {}
+        return JSONResponse(
+            {
+                "batching": batching(),
+                "batch_window_ms": config.batch_window_ms,
+                "max_batch_size": config.max_batch_size,
+                "request_batches": _by_size(batcher.sizes),
+                "generate_batches": _by_size(generate_batches),
+            }
+        )
+
     async def score(request: Request) -> Response:
+        nonlocal in_flight
+        in_flight += 1
+        try:
+            return await score_one(request)
+        finally:
+            in_flight -= 1
+
+    async def score_one(request: Request) -> Response:
         if not state.ready:
             why = f"failed to load: {state.error}" if state.status == "failed" else "loading"
             return _error(503, f"the model is not ready ({why})")
@@ -153,8 +309,7 @@ def create_app(config: ServerConfig) -> Starlette:
         except UnicodeDecodeError as exc:
             return _error(400, f"request body is not UTF-8: {exc}")
         try:
-            async with generation_lock:
-                result = await asyncio.to_thread(config.scorer.run, text)
+            result = await generate(text)
             return _to_response(result)  # inside: an unserializable answer is a 500 too
         except BadRequest as exc:
             return _error(400, str(exc))
@@ -167,6 +322,7 @@ def create_app(config: ServerConfig) -> Starlette:
         os.environ["AZUREML_MODEL_DIR"] = str(config.model_dir)
         threading.Thread(target=_init_model, args=(config,), name="score-init", daemon=True).start()
         yield
+        batcher.stop()
         LOGGER.info("stopped")
 
     async def not_found(request: Request, exc: Exception) -> Response:
@@ -180,6 +336,7 @@ def create_app(config: ServerConfig) -> Starlette:
             Route("/", info, methods=["GET"]),
             Route("/liveness", liveness, methods=["GET"]),
             Route("/readiness", readiness, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/score", score, methods=["POST"]),
         ],
         lifespan=lifespan,
@@ -268,6 +425,10 @@ def _to_response(result: Any) -> Response:
     return JSONResponse(result)
 
 
+def _by_size(counts: dict[int, int]) -> dict[str, int]:
+    return {str(size): counts[size] for size in sorted(counts)}
+
+
 def _error(status: int, message: str) -> Response:
     # A lone surrogate (from a JSON "\ud800" escape) would make the JSON body unencodable.
     safe = message[:MAX_ERROR_CHARS].encode("utf-8", "backslashreplace").decode("utf-8")
@@ -299,7 +460,30 @@ def make_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds in-flight requests get to finish on SIGTERM (default 30)",
     )
+    parser.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=DEFAULT_BATCH_WINDOW_MS,
+        help="how long the first request of a batch waits for others, when requests come "
+        f"together (default {DEFAULT_BATCH_WINDOW_MS:g}; 0: only those already queued)",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=_positive,
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help=f"most requests generated together (default {DEFAULT_MAX_BATCH_SIZE}; 1: none)",
+    )
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _port(text: str) -> int:
@@ -342,7 +526,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    config = ServerConfig(model_dir=args.model_dir.resolve(), name=args.name)
+    config = ServerConfig(
+        model_dir=args.model_dir.resolve(),
+        name=args.name,
+        batch_window_ms=max(0.0, args.batch_window_ms),
+        max_batch_size=args.max_batch_size,
+    )
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config),
