@@ -9,6 +9,13 @@ optional mirror phase copies requests to it; then traffic shifts in steps, each 
 followed by probe requests. Any failure restores the traffic and mirror maps exactly as they
 were, removes the new deployment and raises `RolloutFailed` with the reason.
 
+A rollout killed midway (the flow's process died) is finished by the next run for the same
+model: a deployment that already serves the model with live traffic is resumed from its current
+share (no redeploy, the remaining steps, then retirement), a deployment that already serves it
+ready at 0% is not deployed again, and a model that already has all traffic still gets the
+champion alias and its leftover deployments retired. A resumed rollout that fails restores the
+traffic as it found it and keeps the deployment (it was serving before that run).
+
 Rollback is explicit code here rather than Prefect transaction hooks: hooks only undo tasks
 that completed, and a retried step would run again against an endpoint already half changed.
 The Prefect task that calls this has no retries for the same reason.
@@ -58,11 +65,15 @@ class RolloutPlan:
     traffic_steps: tuple[Mapping[str, int], ...]
     retire: tuple[str, ...]  # deployments deleted after success
     reason: str = ""
+    resumed_from: int = 0  # the live percent the new deployment had already (a resumed rollout)
 
     def describe(self) -> list[str]:
         if self.new_deployment is None:
-            return [f"nothing to do: {self.reason}"]
-        lines = [f"deploy {self.model} as {self.new_deployment!r} at 0%"]
+            return [f"nothing to do: {self.reason}"] + [f"retire {name!r}" for name in self.retire]
+        if self.resumed_from:
+            lines = [f"resume: {self.new_deployment!r} serves {self.model} at {self.resumed_from}%"]
+        else:
+            lines = [f"deploy {self.model} as {self.new_deployment!r} at 0%"]
         lines.append(f"test {self.new_deployment!r} directly")
         if self.mirror_percent:
             lines.append(f"mirror {self.mirror_percent}% of requests to {self.new_deployment!r}")
@@ -104,9 +115,15 @@ def plan_rollout(
     previous = dict(live)
     serving_model = [name for name in live if deployments.get(name) == model]
     if serving_model and live.get(serving_model[0]) == 100:
+        # A rollout killed after its last traffic step left the old colour behind at 0%.
+        serving = serving_model[0]
+        leftovers = () if settings.keep_previous else tuple(sorted(set(deployments) - {serving}))
         return RolloutPlan(
-            model, None, previous, 0, (), (), reason=f"{serving_model[0]!r} serves it at 100%"
+            model, None, previous, 0, (), leftovers, reason=f"{serving!r} serves it at 100%"
         )
+    resumable = [name for name in serving_model if name in COLOURS]
+    if resumable:
+        return _resume_plan(live, deployments, model, resumable[0], settings)
     free = [colour for colour in COLOURS if colour not in live]
     if not free:
         raise RolloutPlanError(
@@ -121,6 +138,28 @@ def plan_rollout(
     keep = set(live) if settings.keep_previous else set()
     retire = tuple(sorted(name for name in deployments if name != new and name not in keep))
     return RolloutPlan(model, new, previous, mirror, tuple(steps), retire)
+
+
+def _resume_plan(
+    live: Mapping[str, int],
+    deployments: Mapping[str, str],
+    model: str,
+    new: str,
+    settings: RolloutSettings,
+) -> RolloutPlan:
+    """The rest of a rollout that was killed while `new` (serving `model`) had part of the live
+    traffic: the steps above its share, no mirror phase (a live deployment cannot be a mirror)."""
+    share = live[new]
+    others = {name: pct for name, pct in live.items() if name != new}
+    steps = tuple(
+        {new: percent, **split_remainder(others, 100 - percent)}
+        for percent in settings.traffic_steps
+        if percent > share
+    )
+    keep = set(others) if settings.keep_previous else set()
+    retire = tuple(sorted(name for name in deployments if name != new and name not in keep))
+    reason = f"an interrupted rollout left {model} on {new!r} at {share}%"
+    return RolloutPlan(model, new, dict(live), 0, steps, retire, reason, resumed_from=share)
 
 
 # --------------------------------------------------------------------------- execution
@@ -206,13 +245,25 @@ def execute_rollout(
     new = plan.new_deployment
     if new is None:
         event(f"rollout: nothing to do ({plan.reason})")
-        report.final_traffic = dict(original.traffic)
+        _promote(workspace, endpoint, model, plan, event)
+        report.final_traffic = dict(workspace.get_traffic(endpoint).traffic)
         return report
 
     stage = "create"
     try:
-        event(f"rollout: creating deployment {new!r} with {plan.model} at 0%")
-        workspace.create_or_update_deployment(DeploymentSpec(endpoint, new, model))
+        existing = workspace.get_deployment(endpoint, new)
+        if (
+            existing is not None
+            and existing.model == plan.model
+            and existing.provisioning_state == "Succeeded"
+            and existing.ready
+        ):
+            # An earlier run got this far before it was killed (or this is a resume).
+            share = f"at {plan.resumed_from}%" if plan.resumed_from else "at 0%"
+            event(f"rollout: {new!r} already serves {plan.model} {share} and is ready")
+        else:
+            event(f"rollout: creating deployment {new!r} with {plan.model} at 0%")
+            workspace.create_or_update_deployment(DeploymentSpec(endpoint, new, model))
         workspace.set_model_alias(model.name, CHALLENGER, model.version)
         stage = "readiness"
         _wait_ready(workspace, endpoint, new, settings.readiness_timeout_seconds)
@@ -257,24 +308,42 @@ def execute_rollout(
             report.smoke["endpoint"] = result
             event(f"rollout: smoke test through the endpoint: {_summary(result)}")
     except Exception as exc:
-        _undo(workspace, endpoint, model, new, original, event)
+        # A resumed rollout's deployment was serving before this run: it stays.
+        keep = plan.resumed_from > 0
+        _undo(workspace, endpoint, model, new, original, event, keep_new=keep)
         raise RolloutFailed(
             f"rollout of {plan.model} failed at {stage}: {exc}; traffic restored to "
-            f"{dict(original.traffic)}, deployment {new!r} removed"
+            f"{dict(original.traffic)}, deployment {new!r} "
+            + ("kept (it had live traffic before this run)" if keep else "removed")
         ) from exc
 
-    previous_champion = workspace.get_model_by_alias(model.name, CHAMPION)
-    workspace.set_model_alias(model.name, CHAMPION, model.version)
-    workspace.delete_model_alias(model.name, CHALLENGER)
-    if previous_champion is not None and previous_champion.version != model.version:
-        event(f"rollout: champion {previous_champion.version} -> {model.version}")
-    for name in plan.retire:
-        workspace.delete_deployment(endpoint, name)
-        event(f"rollout: retired {name!r}")
+    _promote(workspace, endpoint, model, plan, event)
     report.final_traffic = dict(workspace.get_traffic(endpoint).traffic)
     report.seconds = time.monotonic() - started
     event(f"rollout: done in {report.seconds:.1f} s, traffic {dict(report.final_traffic)}")
     return report
+
+
+def _promote(
+    workspace: Workspace,
+    endpoint: str,
+    model: ModelVersion,
+    plan: RolloutPlan,
+    event: Callable[[str], None],
+) -> None:
+    """The model serves all traffic: make it the champion, clear the challenger alias, retire
+    the deployments the plan names. Each step is skipped when already done, so a run killed
+    halfway through this is finished by the next one."""
+    previous_champion = workspace.get_model_by_alias(model.name, CHAMPION)
+    if previous_champion is None or previous_champion.version != model.version:
+        workspace.set_model_alias(model.name, CHAMPION, model.version)
+        if previous_champion is not None:
+            event(f"rollout: champion {previous_champion.version} -> {model.version}")
+    if workspace.get_model_by_alias(model.name, CHALLENGER) is not None:
+        workspace.delete_model_alias(model.name, CHALLENGER)
+    for name in plan.retire:
+        workspace.delete_deployment(endpoint, name)
+        event(f"rollout: retired {name!r}")
 
 
 def _undo(
@@ -284,16 +353,20 @@ def _undo(
     new: str,
     original: TrafficState,
     event: Callable[[str], None],
+    *,
+    keep_new: bool = False,
 ) -> None:
-    """Put traffic and mirror back exactly, then remove the new deployment; best effort on
-    each part so one failure does not stop the others."""
+    """Put traffic and mirror back exactly, then remove the new deployment (unless
+    `keep_new`); best effort on each part so one failure does not stop the others."""
     try:
         workspace.set_traffic(endpoint, original)
         event(f"rollback: traffic restored to {dict(original.traffic)}")
     except Exception as exc:  # keep undoing: the deployment must still go
         event(f"rollback: could not restore traffic: {exc}")
     try:
-        if workspace.get_deployment(endpoint, new) is not None:
+        if keep_new:
+            event(f"rollback: kept {new!r} (it had live traffic before this run)")
+        elif workspace.get_deployment(endpoint, new) is not None:
             workspace.delete_deployment(endpoint, new)
             event(f"rollback: removed deployment {new!r}")
     except Exception as exc:

@@ -122,3 +122,26 @@ def test_split_remainder_is_exact_and_deterministic(
 def test_bad_traffic_steps_are_rejected(steps: tuple[int, ...], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RolloutSettings(traffic_steps=steps)
+
+
+def test_a_rollout_killed_midway_is_resumed_from_its_share() -> None:
+    """The flow died after the first step: the next run for the same model takes the steps
+    above the new colour's share, with no mirror phase and no new deployment."""
+    plan = plan_rollout(
+        TrafficState({"green": 10, "blue": 90}), {"blue": "m:1", "green": "m:2"}, "m:2", STEPS
+    )
+    assert plan.new_deployment == "green" and plan.resumed_from == 10
+    assert plan.traffic_steps == ({"green": 50, "blue": 50}, {"green": 100, "blue": 0})
+    assert plan.mirror_percent == 0 and plan.retire == ("blue",)
+    assert plan.previous == {"green": 10, "blue": 90}
+    assert plan.describe()[0] == "resume: 'green' serves m:2 at 10%"
+
+
+def test_a_rollout_killed_after_its_last_step_retires_the_old_colour() -> None:
+    current = TrafficState({"green": 100, "blue": 0})
+    deployments = {"blue": "m:1", "green": "m:2"}
+    plan = plan_rollout(current, deployments, "m:2", STEPS)
+    assert plan.new_deployment is None and plan.retire == ("blue",)
+    assert plan.describe() == ["nothing to do: 'green' serves it at 100%", "retire 'blue'"]
+    kept = plan_rollout(current, deployments, "m:2", RolloutSettings(keep_previous=True))
+    assert kept.retire == ()  # kept on purpose, for an instant rollback

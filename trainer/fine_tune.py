@@ -281,11 +281,28 @@ def make_progress_callback(mlflow_active: bool):
 
 
 def last_checkpoint(checkpoints_dir: Path) -> str | None:
+    """The newest complete checkpoint to resume from.
+
+    The Trainer writes a checkpoint's files in place, `trainer_state.json` last, so a process
+    killed while saving leaves a `checkpoint-N` without a readable one: resuming from it would
+    fail on every retry. Such a checkpoint is deleted (saying so) and the one before is used.
+    """
     from transformers.trainer_utils import get_last_checkpoint
 
     if not checkpoints_dir.is_dir():
         return None
-    return get_last_checkpoint(str(checkpoints_dir))
+    while (found := get_last_checkpoint(str(checkpoints_dir))) is not None:
+        try:
+            json.loads((Path(found) / "trainer_state.json").read_text())
+            return found
+        except (OSError, ValueError):
+            print(
+                f"discarding incomplete {Path(found).name}: no readable trainer_state.json "
+                "(the process was killed while saving it)",
+                flush=True,
+            )
+            shutil.rmtree(found)
+    return None
 
 
 def save_mlflow_model(model: Any, tokenizer: Any, destination: Path) -> None:

@@ -32,13 +32,14 @@ from typing import Any, Literal
 from pydantic import Field
 
 from finetune_phi import __version__
-from finetune_phi.chat_data.config import DataSettings
+from finetune_phi.chat_data.config import DataSettings, FileSource
 from finetune_phi.chat_data.sources import HubLoader, iter_source
 from finetune_phi.chat_data.split import split_records
 from finetune_phi.chat_data.validation import (
     DataValidationError,
     TokenCounter,
     apply_policy,
+    problem_summary,
     validate_records,
 )
 from finetune_phi.config_base import StrictModel
@@ -179,6 +180,16 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def _no_records_message(settings: DataSettings) -> str:
+    """Why a source gave no records, naming it."""
+    source = settings.source
+    if not isinstance(source, FileSource):
+        return f"the {source.kind} source has no records"
+    blank = source.path.suffix.lower() == ".jsonl"
+    why = " (it is empty or holds only blank lines)" if blank else ""
+    return f"data file {str(source.path)!r} has no records{why}"
+
+
 def prepare_dataset(
     settings: DataSettings,
     out_dir: Path,
@@ -208,10 +219,13 @@ def prepare_dataset(
     invalid = len(result.invalid_refs)
     report(f"validated {result.total} records: {len(result.valid)} valid, {invalid} invalid")
     apply_policy(result, settings.invalid)
+    if result.total == 0:
+        raise DataValidationError(_no_records_message(settings), result)
     if len(result.valid) < 2:
         raise DataValidationError(
             f"only {len(result.valid)} valid record(s) out of {result.total}; "
-            "at least 2 are needed to make a train and a test split",
+            "at least 2 are needed to make a train and a test split"
+            + (f"\n{problem_summary(result)}" if result.problems else ""),
             result,
         )
 

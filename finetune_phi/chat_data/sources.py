@@ -12,6 +12,7 @@ stays cheap.
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 from finetune_phi.chat_data.config import DataSource, FileSource, HubSource, SyntheticSource
 from finetune_phi.chat_data.synthetic import generate_conversations
-from finetune_phi.chat_data.validation import UnparsableRecord
+from finetune_phi.chat_data.validation import ProblemKind, UnparsableRecord
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
@@ -38,22 +39,65 @@ HubLoader = Callable[..., Iterable[Any]]
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[str, object]]:
-    """Records of a JSONL file, one per non-blank line, ref "line N" (1-based)."""
+    """Records of a JSONL file, one per non-blank line, ref "line N" (1-based).
+
+    The file must be UTF-8. A UTF-8 byte order mark at the very start of the file (what some
+    Windows editors write) is skipped, as Python's "utf-8-sig" codec does; one anywhere else
+    makes that line an INVALID_ENCODING problem.
+    """
     # Bytes, decoded per line: one badly encoded line becomes one problem, not a failed read.
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
             if not raw.strip():
                 continue
             ref = f"line {number}"
             try:
-                yield ref, json.loads(raw.decode("utf-8"))
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                yield (
-                    ref,
-                    UnparsableRecord(f"not UTF-8 text ({error.reason} at byte {error.start})"),
+                message = f"not UTF-8 text ({error.reason} at byte {error.start} of the line)"
+                yield ref, UnparsableRecord(message, ProblemKind.INVALID_ENCODING)
+                continue
+            if text.startswith("\ufeff"):
+                message = (
+                    "a UTF-8 byte order mark (BOM) starts this line; only the first line of a "
+                    "file may have one (were files concatenated?)"
                 )
+                yield ref, UnparsableRecord(message, ProblemKind.INVALID_ENCODING)
+                continue
+            try:
+                # Without the line ending: inside a string cut short it would be reported as an
+                # "invalid control character" instead of the unterminated string it is.
+                yield ref, json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as error:
-                yield ref, UnparsableRecord(f"{error.msg} at column {error.colno}")
+                yield ref, UnparsableRecord(_json_error(error))
+
+
+def _json_error(error: json.JSONDecodeError) -> str:
+    """The decoder's message with the column; some of its messages end in "at" already
+    ("Unterminated string starting at")."""
+    joiner = " " if error.msg.endswith(" at") else " at "
+    return f"{error.msg}{joiner}column {error.colno}"
+
+
+def _check_jsonl_encoding(path: Path) -> None:
+    """Refuse a UTF-16 or UTF-32 file at once (by its byte order mark): read as UTF-8 every
+    line would be a problem of its own, which says nothing about the real cause."""
+    with path.open("rb") as stream:
+        head = stream.read(4)
+    for name, bom in (
+        ("UTF-32", codecs.BOM_UTF32_LE),
+        ("UTF-32", codecs.BOM_UTF32_BE),
+        ("UTF-16", codecs.BOM_UTF16_LE),
+        ("UTF-16", codecs.BOM_UTF16_BE),
+    ):
+        if head.startswith(bom):
+            raise ValueError(
+                f"data file {str(path)!r} is {name} text (it starts with a {name} byte order "
+                "mark); JSONL must be UTF-8: convert it, e.g. "
+                f"`iconv -f {name} -t UTF-8 {path.name} > {path.stem}.utf8.jsonl`"
+            )
 
 
 def read_parquet(path: Path) -> Iterator[tuple[str, object]]:
@@ -97,7 +141,10 @@ def _file_records(source: FileSource) -> Iterator[tuple[str, object]]:
         )
     if not source.path.is_file():
         raise FileNotFoundError(f"data file not found: {source.path}")
-    return read_jsonl(source.path) if suffix == ".jsonl" else read_parquet(source.path)
+    if suffix == ".jsonl":
+        _check_jsonl_encoding(source.path)
+        return read_jsonl(source.path)
+    return read_parquet(source.path)
 
 
 def iter_source(
@@ -105,8 +152,9 @@ def iter_source(
 ) -> Iterator[tuple[str, object]]:
     """The `(ref, record)` pairs of any configured source.
 
-    A file source is checked eagerly: an unknown suffix raises ValueError and a missing file
-    FileNotFoundError when this is called, not on first iteration.
+    A file source is checked eagerly: an unknown suffix or a UTF-16/UTF-32 JSONL file raises
+    ValueError and a missing file FileNotFoundError when this is called, not on first
+    iteration.
     """
     if isinstance(source, FileSource):
         return _file_records(source)

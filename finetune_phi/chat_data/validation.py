@@ -32,6 +32,7 @@ __all__ = [
     "apply_policy",
     "canonical_record",
     "estimate_tokens",
+    "problem_summary",
     "validate_record",
     "validate_records",
 ]
@@ -48,6 +49,7 @@ class ProblemKind(StrEnum):
     """What is wrong with a record. Values are stable: they appear in problems.jsonl."""
 
     INVALID_JSON = "invalid_json"
+    INVALID_ENCODING = "invalid_encoding"
     NOT_AN_OBJECT = "not_an_object"
     MISSING_FIELD = "missing_field"
     MESSAGES_NOT_A_LIST = "messages_not_a_list"
@@ -62,6 +64,7 @@ class ProblemKind(StrEnum):
     CONSECUTIVE_SAME_ROLE = "consecutive_same_role"
     TOO_LONG = "too_long"
     DUPLICATE = "duplicate"
+    DUPLICATE_ID = "duplicate_id"
 
 
 @dataclass(frozen=True)
@@ -79,9 +82,14 @@ class Problem:
 
 @dataclass(frozen=True)
 class UnparsableRecord:
-    """Stands in for a record its source could not parse (for example a line that is not JSON)."""
+    """Stands in for a record its source could not parse (for example a line that is not JSON).
+
+    `kind` is INVALID_JSON (the text is not JSON) or INVALID_ENCODING (the bytes are not text in
+    the file's encoding, UTF-8); only for INVALID_JSON is "not valid JSON: " put before `error`.
+    """
 
     error: str
+    kind: ProblemKind = ProblemKind.INVALID_JSON
 
 
 class DataValidationError(ValueError):
@@ -268,7 +276,9 @@ def _check_record(
 ) -> tuple[list[Problem], int | None]:
     """Problems of one record and its token length (None when it could not be measured)."""
     if isinstance(record, UnparsableRecord):
-        return [Problem(ProblemKind.INVALID_JSON, ref, f"not valid JSON: {record.error}")], None
+        if record.kind is ProblemKind.INVALID_JSON:
+            return [Problem(record.kind, ref, f"not valid JSON: {record.error}")], None
+        return [Problem(record.kind, ref, record.error)], None
     if not isinstance(record, dict):
         message = f"a record must be a JSON object, got {_type_name(record)}"
         return [Problem(ProblemKind.NOT_AN_OBJECT, ref, message)], None
@@ -318,6 +328,11 @@ def validate_record(
     return problems
 
 
+def _shown_id(prompt_id: str, limit: int = 80) -> str:
+    """An id as a message quotes it: repr, cut short when it is long."""
+    return repr(prompt_id if len(prompt_id) <= limit else prompt_id[:limit] + "...")
+
+
 def _messages_key(record: dict[str, Any]) -> str:
     """A canonical JSON of the messages: equal conversations give equal keys, byte for byte."""
     messages = [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
@@ -330,13 +345,17 @@ def validate_records(
     max_tokens: int,
     count_tokens: TokenCounter | None = None,
 ) -> ValidationResult:
-    """Validate `(ref, record)` pairs, including the cross-record DUPLICATE rule.
+    """Validate `(ref, record)` pairs, including the cross-record DUPLICATE and DUPLICATE_ID rules.
 
     The first occurrence of a conversation is valid; later ones are DUPLICATE problems naming it.
-    Valid records are returned in `canonical_record` form.
+    A `prompt_id` names one prompt (ultrachat's is the prompt's sha256): several conversations
+    may share a prompt and its id, but a later record that reuses an id for a different prompt
+    is a DUPLICATE_ID problem naming the first. Valid records are returned in `canonical_record`
+    form.
     """
     result = ValidationResult(tokens_estimated=count_tokens is None)
     first_ref_by_key: dict[str, str] = {}
+    first_by_prompt_id: dict[str, tuple[str, str]] = {}  # prompt_id -> (ref, prompt)
     for ref, record in items:
         result.total += 1
         problems, tokens = _check_record(record, ref, max_tokens, count_tokens)
@@ -356,13 +375,25 @@ def validate_records(
                 )
             )
             continue
+        first = first_by_prompt_id.setdefault(record["prompt_id"], (ref, record["prompt"]))
+        if first[1] != record["prompt"]:
+            result.problems.append(
+                Problem(
+                    ProblemKind.DUPLICATE_ID,
+                    ref,
+                    f"prompt_id {_shown_id(record['prompt_id'])} is already used by {first[0]} "
+                    "for a different prompt",
+                )
+            )
+            continue
         first_ref_by_key[key] = ref
         result.valid.append((ref, canonical_record(record)))
         result.token_counts.append(tokens)
     return result
 
 
-def _summary(result: ValidationResult) -> str:
+def problem_summary(result: ValidationResult) -> str:
+    """Counts by kind and the first problems, as error messages show them."""
     by_kind = ", ".join(f"{kind}={count}" for kind, count in result.counts_by_kind().items())
     shown = "\n".join(f"  {p.ref}: {p.message}" for p in result.problems[:SHOWN_PROBLEMS])
     more = len(result.problems) - SHOWN_PROBLEMS
@@ -384,13 +415,13 @@ def apply_policy(result: ValidationResult, policy: InvalidRecordPolicy) -> None:
     if policy.action == "fail":
         raise DataValidationError(
             f"{invalid} of {result.total} records are invalid and the policy action is 'fail'\n"
-            + _summary(result),
+            + problem_summary(result),
             result,
         )
     if fraction > policy.max_invalid_fraction:
         raise DataValidationError(
             f"{invalid} of {result.total} records are invalid ({fraction:.1%}), more than "
             f"max_invalid_fraction {policy.max_invalid_fraction:.1%} allowed with action 'drop'\n"
-            + _summary(result),
+            + problem_summary(result),
             result,
         )

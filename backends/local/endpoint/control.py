@@ -20,6 +20,9 @@ Lifecycle decisions (documented because Azure has no exact equivalent):
   "Failed" with the reason, and `WorkspaceError` is raised.
 - A pid in the state is trusted only if that process is alive and its command line is the one
   recorded (pids get reused).
+- A deployment server that dies on its own is restarted by the front's supervisor thread
+  (`supervisor.py`, through `crashed_deployments` and `restart_crashed` here), as Azure
+  restarts a crashed container; the front routes live traffic around it meanwhile.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,7 @@ from backends.local.endpoint.state import (
     PendingProcess,
     list_endpoints,
 )
+from backends.local.processes import read_cmdline
 from backends.workspace import (
     DEPLOYMENT_HEADER,
     DeploymentInfo,
@@ -74,6 +78,10 @@ DEFAULT_APPLY_TIMEOUT = 10.0  # for the front to report a new revision
 DEFAULT_GRACE_SECONDS = 5.0  # SIGTERM -> SIGKILL
 POLL_SECONDS = 0.1
 LOG_TAIL_LINES = 30
+# A restarted server that stays up this long is healthy again: its restart count starts over
+# (Kubernetes resets a container's crash back-off after 10 minutes of running).
+STABLE_SECONDS = 600.0
+BUSY_STATES = ("Creating", "Updating", "Deleting")  # the control plane is changing it
 
 
 def default_server_command(
@@ -267,7 +275,7 @@ class LocalEndpoints:
                 return None
             # The arguments (which hold the port and the paths) must match; the interpreter's
             # path may be spelt differently (.venv/bin/python vs python3) by another caller.
-            cmdline = process.cmdline()
+            cmdline = read_cmdline(process)
             if not command or cmdline[1:] != command[1:]:
                 return None
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -450,15 +458,28 @@ class LocalEndpoints:
                 dep.port, dep.pid, dep.command = run.port, run.process.pid, run.command
                 dep.log_file, dep.started_at = run.log_file, time.time()
                 started.append(run)
+        self._settle_restarts(store, started)
+
+    def _settle_restarts(
+        self, store: EndpointStore, started: list[_Started], *, crashes_again: bool = False
+    ) -> list[str]:
+        """Wait for restarted servers; stop those that do not become ready and mark their
+        deployments Failed (with `crashes_again`, one whose process exited is left as crashed
+        instead, for the supervisor's next restart). The names that came back."""
         if not started:
-            return
+            return []
         deadline = time.monotonic() + self.ready_timeout
         failures = {run.name: self._await_ready(run, deadline) for run in started}
+        back = []
         with store.update() as record:
             for run in started:
                 reason = failures[run.name]
                 current = record.deployments.get(run.name)
                 if reason is None and current is not None:
+                    back.append(run.name)
+                    continue
+                if crashes_again and run.process.poll() is not None:
+                    log.warning("endpoint %s: %s: %s", store.endpoint, run.name, reason)
                     continue
                 self._stop(run.process.pid, run.command)
                 if current is not None and current.pid == run.process.pid:
@@ -466,6 +487,85 @@ class LocalEndpoints:
                     current.serving = False
                     current.error = str(self._failure(store, run, reason or "removed"))
                     log.warning("endpoint %s: %s", store.endpoint, current.error)
+        return back
+
+    # ------------------------------------------------------------------ crashed servers
+
+    def _crashed(self, dep: DeploymentRecord) -> bool:
+        """The server should be running (it became ready, nobody stopped it, the control plane
+        is not changing the deployment) but its process is gone."""
+        return (
+            dep.serving
+            and dep.provisioning_state not in BUSY_STATES
+            and dep.pid is not None
+            and self._alive(dep.pid, dep.command) is None
+        )
+
+    def crashed_deployments(self, endpoint: str) -> dict[str, tuple[int, int]]:
+        """Deployments whose server died on its own: name -> (the pid that died, restarts so
+        far). Not those stopped by `stop_endpoint` (their pid is cleared). Read-only."""
+        record = self._store(endpoint).read_or_none()
+        if record is None:
+            return {}
+        return {
+            dep.name: (int(dep.pid or 0), dep.restarts)
+            for dep in record.deployments.values()
+            if self._crashed(dep)
+        }
+
+    def restart_crashed(
+        self, endpoint: str, names: Collection[str], *, max_restarts: int
+    ) -> list[str]:
+        """Restart the crashed servers of deployments `names` from their persisted spec: the
+        recorded command (same port), the deployment's environment variables, a new log file.
+        A deployment already restarted `max_restarts` times in a row (or whose port someone
+        else took) is marked Failed instead, with the reason. Waits until the restarted
+        servers are ready; the names that came back. One that dies again before it is ready
+        stays crashed, for the next (counted) restart; one that will not load is Failed."""
+        store = self._store(endpoint)
+        started: list[_Started] = []
+        with store.update() as record:
+            for name in names:
+                dep = record.deployments.get(name)
+                if dep is None or not self._crashed(dep):
+                    continue  # gone, changed or already restarted meanwhile
+                if dep.started_at is not None and time.time() - dep.started_at > STABLE_SECONDS:
+                    dep.restarts = 0
+                last_log = store.path(dep.log_file) if dep.log_file else None
+                why = None
+                if dep.restarts >= max_restarts:
+                    why = (
+                        f"its server process died again after {dep.restarts} restart(s); not "
+                        f"restarted again (max_restarts {max_restarts}, like Azure's "
+                        "CrashLoopBackOff): fix the cause, then update the deployment"
+                    )
+                elif dep.port is None or not wait_port_free(dep.port):
+                    why = f"its server process died and its port {dep.port} is taken"
+                if why is not None:
+                    dep.provisioning_state, dep.pid, dep.serving = "Failed", None, False
+                    dep.error = f"deployment {name!r}: {why}; last lines of {last_log}:\n" + (
+                        tail(last_log) if last_log else ""
+                    )
+                    log.error("endpoint %s: %s", endpoint, dep.error)
+                    continue
+                assert dep.port is not None  # checked above
+                dep.restarts += 1
+                dep.generation += 1
+                log.warning(
+                    "endpoint %s: the server of deployment %s (pid %s) died; restart %d of at "
+                    "most %d, on port %d",
+                    endpoint,
+                    name,
+                    dep.pid,
+                    dep.restarts,
+                    max_restarts,
+                    dep.port,
+                )
+                log_file = store.deployment_log(name, dep.generation)
+                process = self._spawn(dep.command, store.path(log_file), dep.environment_variables)
+                dep.pid, dep.log_file, dep.started_at = process.pid, log_file, time.time()
+                started.append(_Started(name, process, dep.port, list(dep.command), log_file))
+        return self._settle_restarts(store, started, crashes_again=True)
 
     # ------------------------------------------------------------------ endpoints
 
@@ -653,7 +753,7 @@ class LocalEndpoints:
                     dep.environment_variables = pending.environment_variables
                     dep.pending = None
                 dep.provisioning_state, dep.updated_at = "Succeeded", time.time()
-                dep.serving = True
+                dep.serving, dep.restarts = True, 0
             else:
                 dep.provisioning_state, dep.updated_at, dep.error = "Failed", time.time(), reason
                 if ours:

@@ -8,17 +8,27 @@ proxies the request to that deployment's server process, and copies a share of r
 mirror deployment in the background. Routes:
 
 - `POST /score` (key): 200/4xx/5xx as the deployment answered; 401 no or wrong key; 404 the
-  header names no deployment; 503 no deployment has traffic; 502 the deployment cannot be
-  reached; 504 it did not answer in time. Every proxied response carries
+  header names no deployment; 503 no (healthy) deployment has traffic; 502 the deployment cannot
+  be reached; 504 it did not answer in time. Every proxied response carries
   `azureml-model-deployment: <who answered>` and `x-request-id`.
 - `GET /health` (no key): `{"status": "ok", "endpoint", "revision", "deployments", "traffic",
-  "mirror_traffic"}`; the control plane reads `revision` back to confirm a change applied.
+  "mirror_traffic", "unhealthy"}`; the control plane reads `revision` back to confirm a change
+  applied.
 - `GET /metrics` (no key): per-deployment counts of requests, errors and latency since start.
 
 The front never writes state. It re-reads `endpoint.json` and `keys.json` when their stat
 changes (checked on every request: two `stat` calls), so the control plane changes traffic or
 rotates a key by writing the files; a restarted front reads the same files and serves the same
 way. Request bodies and keys are never logged.
+
+Crashed deployments (Azure: an instance's container exits): a deployment with live traffic
+whose server refuses connections (seen on a request, or by the once-a-second check) is
+unhealthy until its `/readiness` answers 200 again. Live requests go to the healthy deployments
+with traffic (a request that failed on a dead server is sent to one of them instead: scoring
+is stateless); with none left the answer is a 503 JSON error naming the unhealthy
+deployment. Requests that name a deployment in the header still go to it. The front's
+supervisor thread (`supervisor.py`) restarts the dead server: the one part of the front that
+writes state, through the control plane and its lock.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from starlette.routing import Route
 
 from backends.local.endpoint.rules import pick_deployment, should_mirror
 from backends.local.endpoint.state import EndpointRecord, EndpointStore
+from backends.local.endpoint.supervisor import DEFAULT_MAX_RESTARTS, Supervisor
 from backends.workspace import DEPLOYMENT_HEADER, EndpointKeys
 
 log = logging.getLogger("backends.local.endpoint.front")
@@ -54,6 +65,7 @@ log = logging.getLogger("backends.local.endpoint.front")
 REQUEST_ID_HEADER = "x-request-id"
 MAX_MIRRORS_IN_FLIGHT = 64  # beyond this, mirror copies are dropped (and counted), not queued
 DEFAULT_UPSTREAM_TIMEOUT = 180.0  # Azure's request_timeout_ms tops out at 180 s
+HEALTH_INTERVAL = 1.0  # seconds between checks of the deployments with live traffic
 
 
 @dataclass
@@ -98,6 +110,7 @@ class Front:
         self.started_at = time.time()
         self.client: httpx.AsyncClient | None = None
         self._mirrors: set[asyncio.Task[None]] = set()
+        self.down: dict[str, int] = {}  # unhealthy deployment -> the port that refused
 
     # ------------------------------------------------------------------ state
 
@@ -131,6 +144,46 @@ class Front:
             for name, d in self.record.deployments.items()
             if d.port is not None and d.provisioning_state != "Deleting"
         }
+
+    def live_traffic(self, ports: dict[str, int]) -> dict[str, int]:
+        """The traffic map without the deployments that are unhealthy or not routable."""
+        traffic = self.record.traffic if self.record is not None else {}
+        return {
+            name: pct
+            for name, pct in traffic.items()
+            if name in ports and self.down.get(name) != ports[name]
+        }
+
+    def mark_down(self, name: str, port: int) -> None:
+        if self.down.get(name) != port:
+            log.warning("deployment %s (port %d) refuses connections: unhealthy", name, port)
+        self.down[name] = port
+
+    async def watch(self, interval: float = HEALTH_INTERVAL) -> None:
+        """Every `interval` s: a deployment with live traffic that refuses connections is
+        marked unhealthy; an unhealthy one is healthy again once its /readiness answers 200.
+        A TCP connect is the live check, so the servers' logs get no line per check."""
+        while True:
+            await asyncio.sleep(interval)
+            self.refresh()
+            ports = self.routable()
+            self.down = {n: p for n, p in self.down.items() if ports.get(n) == p}
+            traffic = self.record.traffic if self.record is not None else {}
+            for name, port in ports.items():
+                if self.down.get(name) == port:
+                    if await self._ready(port):
+                        log.info("deployment %s (port %d) is ready again: healthy", name, port)
+                        self.down.pop(name, None)
+                elif traffic.get(name, 0) > 0 and not await _accepts(port):
+                    self.mark_down(name, port)
+
+    async def _ready(self, port: int) -> bool:
+        assert self.client is not None
+        try:
+            response = await self.client.get(f"http://127.0.0.1:{port}/readiness", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
 
     def authorized(self, header: str | None) -> str | None:
         """None if the Authorization header carries a valid key, else why not (no secrets)."""
@@ -191,6 +244,18 @@ class Front:
             await self.client.aclose()
 
 
+async def _accepts(port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections on loopback `port`."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    except OSError:  # refused, or TimeoutError (an OSError too)
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -220,9 +285,17 @@ def create_app(front: Front) -> Starlette:
         else:
             route = "traffic"
             record = front.record
-            picked = pick_deployment(record.traffic, front.rng) if record else None
-            if picked is None or picked not in ports:
-                log.info("score rid=%s route=traffic status=503 no live traffic", request_id)
+            picked = pick_deployment(front.live_traffic(ports), front.rng)
+            if picked is None:
+                down = sorted(n for n, p in (record.traffic if record else {}).items() if p > 0)
+                log.info("score rid=%s route=traffic status=503 no healthy traffic", request_id)
+                if down:
+                    return _error(
+                        503,
+                        f"no healthy deployment has traffic: {', '.join(map(repr, down))} "
+                        "not answering",
+                        base_headers,
+                    )
                 return _error(503, "no deployment has traffic", base_headers)
             target = picked
             if record is not None:
@@ -236,29 +309,53 @@ def create_app(front: Front) -> Starlette:
         if mirror_to is not None and mirror_to != target and mirror_to in ports:
             front.mirror(mirror_to, ports[mirror_to], body, upstream_headers)
 
-        counters = front.counter(target)
-        counters.requests += 1
-        reply_headers = {**base_headers, DEPLOYMENT_HEADER: target}
-        try:
-            upstream = await front.forward(target, ports[target], body, upstream_headers)
-        except httpx.TimeoutException:
-            status = 504
-            response: Response = _error(
-                504, f"deployment {target!r} did not answer in time", reply_headers
-            )
-        except httpx.TransportError as exc:
-            status = 502
-            response = _error(
-                502,
-                f"deployment {target!r} is unreachable ({type(exc).__name__})",
-                reply_headers,
-            )
-        else:
-            status = upstream.status_code
-            content_type = upstream.headers.get("content-type")
-            if content_type:
-                reply_headers["content-type"] = content_type
-            response = Response(upstream.content, status_code=status, headers=reply_headers)
+        while True:
+            counters = front.counter(target)
+            counters.requests += 1
+            reply_headers = {**base_headers, DEPLOYMENT_HEADER: target}
+            try:
+                upstream = await front.forward(target, ports[target], body, upstream_headers)
+            except httpx.TimeoutException:
+                status = 504
+                response: Response = _error(
+                    504, f"deployment {target!r} did not answer in time", reply_headers
+                )
+            except httpx.TransportError as exc:
+                # Dead, not just slow: it refuses new connections (a pooled connection to a
+                # killed server fails with a read error instead). Scoring is stateless, so a
+                # request it could not answer may be answered by another deployment.
+                refused = isinstance(exc, httpx.ConnectError) or not await _accepts(ports[target])
+                if refused:
+                    front.mark_down(target, ports[target])
+                if refused and route == "traffic":
+                    counters.errors += 1
+                    other = pick_deployment(front.live_traffic(ports), front.rng)
+                    if other is not None:
+                        log.info("score rid=%s %s refused: sent to %s", request_id, target, other)
+                        target = other
+                        continue
+                    status = 503
+                    response = _error(
+                        503,
+                        f"deployment {target!r} is not answering and no other "
+                        "deployment with traffic is healthy",
+                        base_headers,
+                    )
+                    log.info("score rid=%s route=traffic status=503 %s refused", request_id, target)
+                    return response
+                status = 502
+                response = _error(
+                    502,
+                    f"deployment {target!r} is unreachable ({type(exc).__name__})",
+                    reply_headers,
+                )
+            else:
+                status = upstream.status_code
+                content_type = upstream.headers.get("content-type")
+                if content_type:
+                    reply_headers["content-type"] = content_type
+                response = Response(upstream.content, status_code=status, headers=reply_headers)
+            break
         latency_ms = (time.perf_counter() - started) * 1000
         counters.latency_ms_total += latency_ms
         if status >= 500:
@@ -289,6 +386,7 @@ def create_app(front: Front) -> Starlette:
                 "deployments": sorted(front.routable()),
                 "traffic": record.traffic,
                 "mirror_traffic": record.mirror_traffic,
+                "unhealthy": sorted(front.down),
             }
         )
 
@@ -313,9 +411,11 @@ def create_app(front: Front) -> Starlette:
             trust_env=False,  # loopback only: never through a proxy from the environment
         )
         front.refresh()
+        watcher = asyncio.get_running_loop().create_task(front.watch())
         try:
             yield
         finally:
+            watcher.cancel()
             await front.close()
 
     async def not_found(request: Request, exc: Exception) -> Response:
@@ -342,6 +442,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", required=True, type=int)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--upstream-timeout", type=float, default=DEFAULT_UPSTREAM_TIMEOUT)
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=DEFAULT_MAX_RESTARTS,
+        help="restarts in a row of a crashed deployment server (0: never restart)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -363,7 +469,15 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,  # one line per request is logged above, without bodies or keys
         timeout_graceful_shutdown=5,
     )
-    uvicorn.Server(config).run()
+    supervisor = None
+    if args.max_restarts > 0:
+        supervisor = Supervisor(args.state_dir, args.endpoint, max_restarts=args.max_restarts)
+        supervisor.start()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
     return 0
 
 

@@ -10,7 +10,8 @@
 ```
 
 Why a file and not an API: the front and the control plane are different processes, and either
-may be restarted at any time. The control plane is the only writer (under the lock); the front
+may be restarted at any time. The control plane is the only writer (under the lock; the
+front's supervisor thread, which restarts crashed servers, writes through it too); the front
 only reads, and notices a change by the file's stat. Writes are atomic (temporary file +
 `os.replace`), so a reader sees the old record or the new one, never half of one. `revision`
 goes up by one on every change, which is how the control plane confirms that the front applied
@@ -98,6 +99,9 @@ class DeploymentRecord:
     serving: bool = False
     error: str | None = None  # why the last create/update failed
     pending: PendingProcess | None = None
+    # Restarts of a crashed server by the supervisor (`supervisor.py`) since the deployment
+    # last became ready through the control plane or stayed up for a while.
+    restarts: int = 0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DeploymentRecord:
