@@ -69,7 +69,11 @@ def run_pipeline(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         os.environ.setdefault(key, value)
     chosen = profile_choice(args)
     load_profile(chosen, overrides=overrides)  # a typo costs no Prefect start-up
-    from finetune_phi.report import print_pipeline_summary, publish_gate_chart
+    from finetune_phi.report import (
+        print_pipeline_summary,
+        publish_gate_chart,
+        publish_traffic_chart,
+    )
     from flows.finetune import finetune_pipeline
 
     try:
@@ -87,6 +91,9 @@ def run_pipeline(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     chart = publish_gate_chart(result)
     if chart:
         pictures["gate comparison"] = chart
+    traffic = publish_traffic_chart(result)
+    if traffic:
+        pictures["traffic"] = traffic
     print_pipeline_summary(result, pictures)
     return 0
 

@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from finetune_phi.evaluation import GateDecision
+    from finetune_phi.rollout import RolloutReport
     from finetune_phi.settings import Profile
     from flows.finetune import PipelineResult
 
 SAMPLE_QUESTIONS = 3
 GATE_CHART_FILE = "gate.png"
+TRAFFIC_CHART_FILE = "traffic.png"
 
 
 def _num(value: Any, spec: str = "{:.4f}") -> str:
@@ -108,8 +110,10 @@ def report_rows(result: PipelineResult) -> list[dict[str, str]]:
     return [{"metric": key, "value": value} for key, value in rows]
 
 
-def report_markdown(result: PipelineResult, *, gate_chart: str | None = None) -> str:
-    """The markdown artifact; `gate_chart` links the gate's picture when one was drawn."""
+def report_markdown(
+    result: PipelineResult, *, gate_chart: str | None = None, traffic_chart: str | None = None
+) -> str:
+    """The markdown artifact; `gate_chart` and `traffic_chart` link the pictures when drawn."""
     settings = result.settings
     model = result.model
     manifest = result.dataset.manifest
@@ -171,6 +175,11 @@ def report_markdown(result: PipelineResult, *, gate_chart: str | None = None) ->
         f"- traffic before: `{result.traffic_before or {}}`",
         f"- traffic after: `{result.traffic_after or result.traffic_before or {}}`",
     ]
+    if traffic_chart:
+        lines.append(
+            f"- traffic over the rollout: [{Path(traffic_chart).name}]({_link(traffic_chart)}) "
+            f"(`{traffic_chart}`)"
+        )
     if result.rollout is not None:
         lines += [f"- {event}" for event in result.rollout.events]
     smoke = smoke_rows(result)
@@ -342,14 +351,73 @@ def write_gate_chart(gate: GateDecision, destination: Path) -> Path | None:
 
 
 def gate_chart_destination(result: PipelineResult) -> Path:
+    return chart_destination(result, GATE_CHART_FILE)
+
+
+def chart_destination(result: PipelineResult, file_name: str) -> Path:
     """Beside the loss curves in the job's output folder when that is on this disk, else in
-    the state folder's reports/."""
+    the state folder's reports/ (e.g. an "up to date" run, which trained nothing)."""
     if result.training is not None and "://" not in result.training.model_dir:
         output = Path(result.training.model_dir).parent
         if output.is_dir():
-            return output / GATE_CHART_FILE
+            return output / file_name
     model = result.model
-    return result.settings.state_dir / "reports" / f"{model.name}-{model.version}-gate.png"
+    return result.settings.state_dir / "reports" / f"{model.name}-{model.version}-{file_name}"
+
+
+def traffic_stages(rollout: RolloutReport) -> list[tuple[str, dict[str, int]]]:
+    """Pure: the endpoint's live traffic at each stage of a finished rollout (before, after each
+    planned step, and as read back at the end)."""
+    stages = [("before", dict(rollout.plan.previous))]
+    stages += [(f"step {i}", dict(step)) for i, step in enumerate(rollout.plan.traffic_steps, 1)]
+    stages.append(("after", dict(rollout.final_traffic)))
+    return stages
+
+
+def write_traffic_chart(rollout: RolloutReport, destination: Path) -> Path | None:
+    """Live traffic per deployment over the rollout as stacked bars (PNG, Agg canvas); None
+    without matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    stages = traffic_stages(rollout)
+    names = sorted({name for _, traffic in stages for name in traffic})
+    colours = {"blue": "tab:blue", "green": "tab:green"}
+    figure = Figure(figsize=(1.6 + 1.1 * len(stages), 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    labels = [label for label, _ in stages]
+    bottom = [0.0] * len(stages)
+    for name in names:
+        shares = [float(traffic.get(name, 0)) for _, traffic in stages]
+        bars = axes.bar(labels, shares, bottom=bottom, label=name, color=colours.get(name))
+        axes.bar_label(bars, labels=[f"{s:.0f}%" if s else "" for s in shares], label_type="center")
+        bottom = [b + s for b, s in zip(bottom, shares, strict=True)]
+    axes.set_ylim(0, 105)
+    axes.set_ylabel("live traffic (%)")
+    if names:
+        axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    new = rollout.plan.new_deployment or "no new deployment"
+    axes.set_title(f"rollout of {rollout.plan.model} ({new}) in {rollout.seconds:.0f} s")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = destination.with_name(destination.name + ".partial")
+    figure.savefig(staging, format="png")
+    staging.replace(destination)
+    return destination
+
+
+def publish_traffic_chart(result: PipelineResult) -> str | None:
+    """Draw the rollout's traffic for a run that rolled out; where it is, or None. Never fails
+    the caller."""
+    if result.rollout is None or not result.rollout.plan.traffic_steps:
+        return None  # nothing moved (e.g. up to date and already serving)
+    try:
+        path = write_traffic_chart(result.rollout, chart_destination(result, TRAFFIC_CHART_FILE))
+    except Exception:  # a picture must not turn a finished run into a failed command
+        return None
+    return str(path) if path is not None else None
 
 
 def publish_gate_chart(result: PipelineResult) -> str | None:

@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from finetune_phi.report import publish_gate_chart, report_markdown, report_rows
+from finetune_phi.report import (
+    publish_gate_chart,
+    publish_traffic_chart,
+    report_markdown,
+    report_rows,
+)
 
 if TYPE_CHECKING:
     from flows.finetune import PipelineResult
@@ -27,9 +32,13 @@ def artifact_key(endpoint: str) -> str:
 @task(name="publish-report", retries=0, timeout_seconds=120)
 def publish_report(result: PipelineResult) -> str:
     key = artifact_key(result.settings.endpoint.name)
-    # The gate's picture (candidate vs champion), drawn beside the loss curves and logged to
-    # MLflow, so a scheduled run's report links it too.
-    markdown = report_markdown(result, gate_chart=publish_gate_chart(result))
+    # The pictures (the gate's candidate vs champion, traffic over the rollout) are drawn
+    # beside the loss curves, so a scheduled run's report links them too.
+    markdown = report_markdown(
+        result,
+        gate_chart=publish_gate_chart(result),
+        traffic_chart=publish_traffic_chart(result),
+    )
     try:
         create_markdown_artifact(markdown, key=key, description=f"run report: {result.status}")
         create_table_artifact(report_rows(result), key=f"{key}-metrics", description="run metrics")

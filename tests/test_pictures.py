@@ -162,3 +162,27 @@ def test_gate_chart_without_a_champion_or_facts(tmp_path: Path) -> None:
     )
     assert not worse.promote
     assert is_png(write_gate_chart(worse, tmp_path / "nested" / "worse.png") or Path("missing"))
+
+
+def test_traffic_chart_follows_the_planned_steps(tmp_path: Path) -> None:
+    from backends.workspace import TrafficState
+    from finetune_phi.report import traffic_stages, write_traffic_chart
+    from finetune_phi.rollout import RolloutReport, plan_rollout
+    from finetune_phi.settings import RolloutSettings
+
+    plan = plan_rollout(
+        TrafficState({"blue": 100}),
+        {"blue": "phi3-chat:1"},
+        "phi3-chat:2",
+        RolloutSettings(traffic_steps=(10, 50, 100)),
+    )
+    rollout = RolloutReport(plan, seconds=12.0, final_traffic={"green": 100})
+    assert traffic_stages(rollout) == [
+        ("before", {"blue": 100}),
+        ("step 1", {"green": 10, "blue": 90}),
+        ("step 2", {"green": 50, "blue": 50}),
+        ("step 3", {"green": 100, "blue": 0}),
+        ("after", {"green": 100}),
+    ]
+    chart = write_traffic_chart(rollout, tmp_path / "reports" / "traffic.png")
+    assert chart is not None and is_png(chart)
