@@ -216,22 +216,24 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
 ) -> None:
     """Last on purpose: it stops the shared deployment.
 
-    Hot sampling over four texts keeps the model busy for seconds; SIGTERM arrives meanwhile.
-    The request still gets its full answer, logged after uvicorn's "Shutting down".
+    Hot sampling of the longest answers over the most texts a request may hold keeps the
+    model busy for seconds (a request's texts are generated as one batch, so it takes the
+    length, not the count, to be slow); SIGTERM arrives meanwhile. The request still gets its
+    full answer, logged after uvicorn's "Shutting down".
     """
     import concurrent.futures
 
     body = {
-        "input_data": [QUESTION] * 4,
-        "params": {"max_new_tokens": 128, "do_sample": True, "temperature": 2.0, "seed": 1},
+        "input_data": [QUESTION] * 16,
+        "params": {"max_new_tokens": 512, "do_sample": True, "temperature": 2.0, "seed": 1},
     }
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         in_flight = pool.submit(client.post, "/score", json=body)
-        time.sleep(0.5)
+        time.sleep(0.3)  # the request is at the server (about 1.6 s of generating here)
         assert not in_flight.done(), "the request finished before the signal: test proves nothing"
         exit_code = served_deployment.stop(timeout=60)
         response = in_flight.result(timeout=60)
-    assert response.status_code == 200 and len(response.json()) == 4
+    assert response.status_code == 200 and len(response.json()) == 16
     assert exit_code == 0
     log = served_deployment.log()
     assert log.index("Shutting down") < log.rindex(" blue POST /score 200 ")
