@@ -245,9 +245,8 @@ def _do_rollback(
             f"(version {previous.version} tagged rolled_back)"
         )
         print(
-            f"note: a run with version {previous.version}'s data and settings re-uses its job "
-            "and would promote it again; pause the schedule until it is fixed "
-            "(docs/runbook.md)"
+            f"note: the quality gate will not promote version {previous.version} again while it "
+            "carries that tag (docs/runbook.md)"
         )
     else:
         print(f"champion {model_name}: -> {version}")

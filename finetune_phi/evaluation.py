@@ -173,3 +173,24 @@ def gate_decision(
         champion,
         details,
     )
+
+
+ROLLED_BACK_TAG = "rolled_back"  # set on a version by `finetune-phi endpoint rollback`
+
+
+def operator_veto(decision: GateDecision, candidate_tags: dict[str, str]) -> GateDecision:
+    """Pure: an operator's rollback outranks the numbers. A candidate version tagged
+    `rolled_back` is not promoted again by a later run with the same inputs (which would find
+    the same job and the same version, and beat the older champion again); deleting the tag
+    lifts the veto."""
+    why = candidate_tags.get(ROLLED_BACK_TAG)
+    if not decision.promote or not why:
+        return decision
+    return GateDecision(
+        False,
+        f"not promoted: an operator rolled this version back ({why}); delete its tag "
+        f"'{ROLLED_BACK_TAG}' to let the gate consider it again",
+        decision.candidate,
+        decision.champion,
+        decision.details,
+    )

@@ -13,7 +13,7 @@ from prefect import get_run_logger, task
 from backends import open_workspace
 from backends.workspace import CHAMPION, ModelVersion
 from finetune_phi.chat_data.synthetic import fact_probes
-from finetune_phi.evaluation import GateDecision, evaluate_model, gate_decision
+from finetune_phi.evaluation import GateDecision, evaluate_model, gate_decision, operator_veto
 from finetune_phi.settings import Profile
 from finetune_phi.state import StateLayout
 from tasks.dataset import PreparedDataset
@@ -84,6 +84,10 @@ def quality_gate(
     candidate_eval = measure(candidate)
     champion_eval = measure(champion) if champion is not None else None
     decision = gate_decision(candidate_eval, champion_eval, profile.gate)
+    if champion is not None:  # (a rolled-back version that is champion again was rolled forward)
+        # Tags read afresh: an operator may have rolled this version back since it was made.
+        current = workspace.get_model(candidate.name, candidate.version)
+        decision = operator_veto(decision, dict(current.tags))
     workspace.set_model_tags(
         candidate.name,
         candidate.version,
