@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,15 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture
+def endpoint_cleanup(tmp_path: Path) -> Iterator[None]:
+    """Deletes the endpoints a test's flow left serving under `tmp_path/state` (that is the
+    flow's point; a test must not leave them)."""
+    yield
+    from endpoint_cleanup import cleanup_endpoints
+
+    from backends.local.endpoint.control import LocalEndpoints
+
+    cleanup_endpoints(LocalEndpoints(tmp_path / "state"), delete=True)

@@ -7,6 +7,21 @@ from typing import Any
 
 import yaml
 
+from trainer.config import Hyperparameters
+
+# Trainer hyperparameters for a tiny model in tests: a high learning rate, few steps, short
+# sequences. Tests take it with `dataclasses.replace(FAST_TRAINING, max_steps=...)`.
+FAST_TRAINING = Hyperparameters(
+    learning_rate=3e-3,
+    warmup_ratio=0.0,
+    lr_scheduler_type="constant",
+    per_device_train_batch_size=8,
+    per_device_eval_batch_size=16,
+    max_length=256,
+    max_steps=12,
+    eval_strategy="no",
+)
+
 LOCAL_PROFILE = Path(__file__).resolve().parent.parent / "configs" / "profiles" / "local.yaml"
 
 

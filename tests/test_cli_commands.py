@@ -14,7 +14,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 # Prefect sets up logging (its console handler keeps the sys.stderr of that moment) when
@@ -395,16 +394,6 @@ def test_rollback_target_of_a_split_is_the_champions_deployment() -> None:
 
 
 # --------------------------------------------------------------------------- the real thing
-
-
-@pytest.fixture
-def endpoint_cleanup(tmp_path: Path) -> Iterator[None]:
-    yield
-    from backends.local.endpoint.control import LocalEndpoints
-
-    endpoints = LocalEndpoints(tmp_path / "state")
-    for name in endpoints.list_endpoints():
-        endpoints.delete_endpoint(name)
 
 
 @pytest.mark.slow

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
+from profiles import FAST_TRAINING
 
 from backends.local.jobs import LocalJobs
 from backends.workspace import JobStatus, NotFound, TrainingJobSpec
 from finetune_phi.state import StateLayout
-from trainer.config import Hyperparameters, RunOptions
+from trainer.config import RunOptions
 from trainer.fine_tune import FAULT_ENV
 
 pytestmark = pytest.mark.slow
@@ -29,15 +31,7 @@ def spec(chat_files: dict[str, Path], base: Path, name: str, max_steps: int) -> 
         base_model=str(base),
         train_file=str(chat_files["train"]),
         eval_file=str(chat_files["test"]),
-        hyperparameters=Hyperparameters(
-            learning_rate=3e-3,
-            warmup_ratio=0.0,
-            lr_scheduler_type="constant",
-            per_device_train_batch_size=8,
-            max_length=256,
-            max_steps=max_steps,
-            eval_strategy="no",
-        ),
+        hyperparameters=replace(FAST_TRAINING, max_steps=max_steps),
         run_options=RunOptions(save_steps=2, logging_steps=1, eval_before_training=False),
         tags={"purpose": "test", "job": name},
     )

@@ -8,12 +8,14 @@ so what is checked is what a run produces, not a drawing of made-up numbers.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from profiles import FAST_TRAINING
 
-from trainer.config import Hyperparameters, JobArguments, RunOptions
+from trainer.config import JobArguments, RunOptions
 from trainer.fine_tune import LOSS_CURVES_FILE, METRICS_FILE, loss_points, main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -45,17 +47,7 @@ def trained(
     root = tmp_path_factory.mktemp("pictures")
     out = root / "job" / "output"
     tracking = f"sqlite:///{root / 'mlflow.db'}"
-    hp = Hyperparameters(
-        learning_rate=3e-3,
-        warmup_ratio=0.0,
-        lr_scheduler_type="constant",
-        per_device_train_batch_size=8,
-        per_device_eval_batch_size=16,
-        max_length=256,
-        max_steps=6,
-        eval_strategy="steps",
-        eval_steps=3,
-    )
+    hp = replace(FAST_TRAINING, max_steps=6, eval_strategy="steps", eval_steps=3)
     job = JobArguments(
         train_file=str(chat_files["train"]),
         eval_file=str(chat_files["test"]),

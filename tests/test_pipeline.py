@@ -6,7 +6,6 @@ on a small synthetic dataset and the small tiny Phi-3, passed as a local base-mo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,17 +51,6 @@ def test_dataset_stage_is_content_addressed(tmp_path: Path, tiny_model_dir: Path
     # Only the final folder is left: no staging folder survives a run.
     datasets = StateLayout(profile.state_dir).datasets_dir
     assert [p.name for p in datasets.iterdir()] == [Path(first.directory).name]
-
-
-@pytest.fixture
-def endpoint_cleanup(tmp_path: Path) -> Iterator[None]:
-    """The flow leaves its endpoint serving (that is the point); tests must not."""
-    yield
-    from backends.local.endpoint.control import LocalEndpoints
-
-    endpoints = LocalEndpoints(tmp_path / "state")
-    for name in endpoints.list_endpoints():
-        endpoints.delete_endpoint(name)
 
 
 def test_flow_promotes_then_is_up_to_date_then_rejects_a_worse_candidate(

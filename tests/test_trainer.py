@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from profiles import FAST_TRAINING
 from safetensors.torch import load_file
 
-from trainer.config import Hyperparameters, JobArguments, RunOptions
+from trainer.config import JobArguments, RunOptions
 from trainer.fine_tune import (
     CHECKPOINTS_DIR,
     FAULT_ENV,
@@ -30,17 +31,7 @@ from trainer.fine_tune import (
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Hyperparameters for a tiny model: a high learning rate, few steps, short sequences.
-FAST = Hyperparameters(
-    learning_rate=3e-3,
-    warmup_ratio=0.0,
-    lr_scheduler_type="constant",
-    per_device_train_batch_size=8,
-    per_device_eval_batch_size=16,
-    max_length=256,
-    max_steps=12,
-    eval_strategy="no",
-)
+FAST = FAST_TRAINING
 QUIET = RunOptions(save_steps=1000, logging_steps=4)
 
 

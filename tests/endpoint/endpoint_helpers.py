@@ -3,14 +3,12 @@ and cleanup (used by conftest.py's fixtures and by the tests for typing)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from endpoint_cleanup import cleanup_endpoints
 
 from backends.local.endpoint.control import LocalEndpoints
 from backends.workspace import DeploymentSpec, EndpointKeys, ModelVersion, TrafficState
@@ -42,16 +40,8 @@ class StandIn:
 
 
 def cleanup(endpoints: LocalEndpoints) -> None:
-    """Stop every endpoint of this control plane, then kill anything it started that lives."""
-    for name in endpoints.list_endpoints():
-        with contextlib.suppress(Exception):
-            endpoints.stop_endpoint(name)
-    for pid, child in list(endpoints._children.items()):
-        if child.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            child.wait(timeout=5)
-    endpoints.close()
+    """Stop every endpoint of this control plane and anything it started (see endpoint_cleanup)."""
+    cleanup_endpoints(endpoints)
 
 
 def model_version(folder: Path, version: str = "1") -> ModelVersion:

@@ -10,16 +10,15 @@ processes, two threads measured ~10x slower per step (oversubscription), one ~25
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from endpoint_cleanup import cleanup_endpoints
 
 from backends.local.endpoint.control import LocalEndpoints
 from backends.workspace import DeploymentSpec, ModelVersion, TrafficState
@@ -162,17 +161,8 @@ def start_endpoint(state_dir: Path, name: str, models: dict[str, Path]) -> LiveE
 
 
 def stop_endpoint(control: LocalEndpoints) -> None:
-    """Stop every endpoint of this control plane, then kill anything it started still alive."""
-    for name in control.list_endpoints():
-        with contextlib.suppress(Exception):
-            control.delete_endpoint(name)
-    for pid, child in list(control._children.items()):
-        if child.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                child.wait(timeout=5)
-    control.close()
+    """Delete every endpoint of this control plane and anything it started."""
+    cleanup_endpoints(control, delete=True)
 
 
 # A sitecustomize for child processes: refuses (and records) every connection or name lookup

@@ -4,14 +4,12 @@ values, and raw bytes). Imported by conftest.py and the test modules (never `fro
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from endpoint_cleanup import cleanup_endpoints
 from hypothesis import strategies as st
 
 from backends.local.endpoint.control import LocalEndpoints
@@ -81,16 +79,8 @@ def assert_error_body(response: Any) -> str:
 
 
 def cleanup(control: LocalEndpoints) -> None:
-    """Stop every endpoint of this control plane, then kill anything it started that lives."""
-    for name in control.list_endpoints():
-        with contextlib.suppress(Exception):
-            control.stop_endpoint(name)
-    for pid, child in list(control._children.items()):
-        if child.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            child.wait(timeout=5)
-    control.close()
+    """Stop every endpoint of this control plane and anything it started (see endpoint_cleanup)."""
+    cleanup_endpoints(control)
 
 
 # --------------------------------------------------------------------------- fuzzing

@@ -22,11 +22,13 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from profiles import FAST_TRAINING
 from recovery_helpers import (
     GOOD_REQUEST,
     KILL_ME,
@@ -57,7 +59,7 @@ from backends.workspace import (
     TrainingJobSpec,
 )
 from finetune_phi.state import StateLayout
-from trainer.config import Hyperparameters, RunOptions
+from trainer.config import RunOptions
 
 pytestmark = pytest.mark.slow
 
@@ -74,15 +76,7 @@ def job_spec(chat_files: dict[str, Path], base: Path, max_steps: int) -> Trainin
         base_model=str(base),
         train_file=str(chat_files["train"]),
         eval_file=str(chat_files["test"]),
-        hyperparameters=Hyperparameters(
-            learning_rate=3e-3,
-            warmup_ratio=0.0,
-            lr_scheduler_type="constant",
-            per_device_train_batch_size=8,
-            max_length=256,
-            max_steps=max_steps,
-            eval_strategy="no",
-        ),
+        hyperparameters=replace(FAST_TRAINING, max_steps=max_steps),
         run_options=RunOptions(
             save_steps=SAVE_STEPS, save_total_limit=3, logging_steps=1, eval_before_training=False
         ),
