@@ -65,8 +65,8 @@ def profile_choice(args: argparse.Namespace) -> str:
 def run_pipeline(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     """Run the flow (Prefect starts a temporary server unless PREFECT_API_URL is set), draw
     the gate's picture, print the summary. A failed run is one line and exit status 1."""
-    for key, value in OFFLINE_PREFECT_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    # Prefect's analytics (which would also log a failed call on an offline machine) are off
+    # already: finetune_phi.telemetry, applied when the package is imported.
     chosen = profile_choice(args)
     load_profile(chosen, overrides=overrides)  # a typo costs no Prefect start-up
     from finetune_phi.report import (
