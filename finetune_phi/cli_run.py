@@ -34,6 +34,7 @@ from finetune_phi.state import StateLayout
 if TYPE_CHECKING:
     from backends.workspace import ModelVersion
     from finetune_phi.chat_data import DatasetManifest
+    from trainer.config import Hyperparameters
 
 # The demo runs on a machine that may have no internet: Prefect's temporary server would log a
 # failed analytics call at start-up. Users who set these themselves keep their choice.
@@ -147,9 +148,15 @@ def describe_training(profile: Profile) -> str:
         f"{hp.method}, {length}, lr {hp.learning_rate:g} {hp.lr_scheduler_type} "
         f"(warmup {hp.warmup_ratio:g}), batch {hp.per_device_train_batch_size}"
         f"x{hp.gradient_accumulation_steps}, max length {hp.max_length}, precision "
-        f"{hp.precision}, {hp.attn_implementation} attention, packing "
-        f"{'on' if hp.packing else 'off'}; config {hp.config_hash()[:12]}"
+        f"{hp.precision}, {hp.attn_implementation} attention, {batching(hp)}; "
+        f"config {hp.config_hash()[:12]}"
     )
+
+
+def batching(hp: Hyperparameters) -> str:
+    if hp.packing:
+        return f"packed to {hp.max_length} tokens"
+    return "padding-free batches" if hp.padding_free else "padded batches"
 
 
 def _earlier_manifest(profile: Profile) -> DatasetManifest | None:

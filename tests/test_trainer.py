@@ -24,6 +24,8 @@ from trainer.fine_tune import (
     METRICS_FILE,
     MLFLOW_MODEL_DIR,
     SimulatedCrash,
+    build_trainer,
+    load_model_and_tokenizer,
     main,
     parse_arguments,
     plan_device,
@@ -182,6 +184,58 @@ def test_lora_is_merged_on_save_and_the_model_generates(
     # A few steps of LoRA cannot teach the answer yet; it must still generate tokens.
     output = scorer.model.generate(**prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     assert output.shape[1] == prompt["input_ids"].shape[1] + 8
+
+
+def test_padding_free_batches_hold_the_same_tokens_and_give_the_same_loss(
+    tiny_model_dir: Path, chat_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Unpacked, padding-free batches are the padded batches without the pad tokens: one row
+    of the same conversations, and the same eval loss (conversations must not attend to each
+    other across the row, which would change it)."""
+    plan = plan_device("fp32", cuda=False, bf16_supported=False)
+    trainers = {}
+    for padding_free in (False, True):
+        hp = replace(FAST, packing=False, padding_free=padding_free, seed=0)
+        model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), hp, plan)
+        trainers[padding_free] = build_trainer(
+            job(chat_files, tiny_model_dir, tmp_path / "out"),
+            QUIET,
+            hp,
+            plan,
+            tmp_path / f"checkpoints-{padding_free}",
+            model=model,
+            tokenizer=tokenizer,
+        )
+    padded = next(iter(trainers[False].get_eval_dataloader()))
+    flat = next(iter(trainers[True].get_eval_dataloader()))
+    real = padded["attention_mask"].bool()
+    assert padded["input_ids"].shape[0] == FAST.per_device_eval_batch_size
+    assert not real.all()  # these short conversations do get padded
+    assert flat["input_ids"].shape == (1, int(real.sum()))  # one row, no pad token
+    assert torch.equal(flat["input_ids"][0], padded["input_ids"][real])
+    assert "attention_mask" not in flat
+    assert int((flat["position_ids"][0] == 0).sum()) == padded["input_ids"].shape[0]
+
+    losses = {key: trainer.evaluate()["eval_loss"] for key, trainer in trainers.items()}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_token_count_includes_steps_after_the_last_logging_step(
+    tiny_model_dir: Path, chat_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Five steps logged every fourth count the same tokens as five steps logged each step."""
+    hp = replace(FAST, max_steps=5, packing=False)
+    counted = {
+        every: main(
+            job(chat_files, tiny_model_dir, tmp_path / f"out-{every}"),
+            RunOptions(save_steps=1000, logging_steps=every, eval_before_training=False),
+            hp,
+        )["train_tokens"]
+        for every in (1, 4)
+    }
+    assert counted[1] > 0
+    assert counted[4] == counted[1]
 
 
 def test_plan_device_chooses_bf16_only_on_a_gpu_that_has_it() -> None:

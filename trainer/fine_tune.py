@@ -228,6 +228,56 @@ def lora_config(hp: Hyperparameters):  # -> peft.LoraConfig
     )
 
 
+def build_trainer(
+    job: JobArguments,
+    run: RunOptions,
+    hp: Hyperparameters,
+    plan: DevicePlan,
+    checkpoints_dir: Path,
+    *,
+    model: Any,
+    tokenizer: Any,
+    callbacks: Sequence[Any] = (),
+):  # -> trl.SFTTrainer
+    """TRL's SFTTrainer over the job's train and eval files, batches as `hp` says."""
+    from trl import SFTTrainer
+
+    trainer = SFTTrainer(
+        model=model,
+        args=build_sft_config(run, hp, plan, checkpoints_dir),
+        train_dataset=load_chat_split(job.train_file),
+        eval_dataset=load_chat_split(job.eval_file),
+        processing_class=tokenizer,
+        peft_config=lora_config(hp) if hp.method == "lora" else None,
+        callbacks=list(callbacks),
+    )
+    use_padding_free_batches(trainer, hp)
+    return trainer
+
+
+def use_padding_free_batches(trainer: Any, hp: Hyperparameters) -> None:
+    """Collate unpacked conversations padding-free when `hp.padding_free` asks for it.
+
+    TRL refuses `padding_free=True` without packing while `max_length` is set (it would not
+    enforce the limit), yet its dataset preparation truncates every conversation to
+    `max_length` before any batch is built. So the trainer is built padded, with TRL's
+    truncation, and then its collator is switched to padding-free: each batch becomes one row
+    of concatenated conversations with per-conversation position ids (the attention kernel
+    keeps them apart; the first label of each is masked), so the loss is that of the padded
+    batch and no compute is spent on pad tokens. Packing is padding-free already.
+    """
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    if hp.packing or not hp.padding_free:
+        return
+    collator = trainer.data_collator
+    if not isinstance(collator, DataCollatorForLanguageModeling):
+        raise TypeError(
+            f"padding_free needs TRL's language-modeling collator, got {type(collator).__name__}"
+        )
+    collator.padding_free = True
+
+
 def make_progress_callback(mlflow_active: bool):
     from transformers import TrainerCallback
 
@@ -251,9 +301,12 @@ def make_progress_callback(mlflow_active: bool):
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = dict(logs or {})
             now = time.monotonic()
+            if "num_tokens" in logs:
+                # Also in the Trainer's closing log line (train_runtime...), which counts the
+                # steps after the last logging step.
+                self.num_tokens = max(self.num_tokens, float(logs["num_tokens"]))
             if "loss" in logs:
                 tokens = float(logs.get("num_tokens", 0.0))
-                self.num_tokens = tokens
                 rate = (tokens - self.last_tokens) / max(now - self.last_time, 1e-9)
                 self.last_tokens, self.last_time = tokens, now
                 done = state.global_step - (self.first_step or 0)
@@ -428,7 +481,6 @@ def main(job: JobArguments, run: RunOptions, hp: Hyperparameters) -> dict[str, A
         return done
 
     import torch
-    from trl import SFTTrainer
 
     if run.torch_threads > 0:
         torch.set_num_threads(run.torch_threads)
@@ -446,20 +498,19 @@ def main(job: JobArguments, run: RunOptions, hp: Hyperparameters) -> dict[str, A
         flush=True,
     )
     model, tokenizer = load_model_and_tokenizer(job.base_model, hp, plan)
-    train_dataset = load_chat_split(job.train_file)
-    eval_dataset = load_chat_split(job.eval_file)
 
     tracking_uri = job.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     mlflow_run_id = _start_mlflow_run(job, hp, tracking_uri)
     progress = make_progress_callback(mlflow_active=mlflow_run_id is not None)
     try:
-        trainer = SFTTrainer(
+        trainer = build_trainer(
+            job,
+            run,
+            hp,
+            plan,
+            checkpoints_dir,
             model=model,
-            args=build_sft_config(run, hp, plan, checkpoints_dir),
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=tokenizer,
-            peft_config=lora_config(hp) if hp.method == "lora" else None,
+            tokenizer=tokenizer,
             callbacks=[progress],
         )
         eval_before = _eval_before_training(trainer, run, checkpoints_dir, resume_from)
