@@ -6,7 +6,9 @@ In a throwaway state folder: builds the default tiny Phi-3, registers it twice a
 versions, rolls v1 out to an empty endpoint, then v2 blue-green (10/50/100 with probes), and
 times both. Then sends the tutorial's request N times through the front (key, routing) and N
 times straight to the deployment's own port, alternating so both paths see the same machine
-load, and prints p50/p90 of each. Figures, not a test: compare the two paths within one run.
+load, and prints p50/p90 of each, for each `--max-new-tokens` (default 1 and 16: with one
+token the generation is short and steady, so the difference is mostly the front's own cost).
+Figures, not a test: compare the two paths within one run.
 """
 
 from __future__ import annotations
@@ -35,23 +37,28 @@ def percentiles(samples: list[float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=100)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument(
+        "--max-new-tokens", default="1,16", help="comma-separated, one measurement each"
+    )
     args = parser.parse_args()
-    request = {
-        "input_data": ["Who founded Microsoft?"],
-        "params": {"max_new_tokens": args.max_new_tokens, "do_sample": False},
-    }
+    requests = [
+        {
+            "input_data": ["Who founded Microsoft?"],
+            "params": {"max_new_tokens": int(tokens), "do_sample": False},
+        }
+        for tokens in args.max_new_tokens.split(",")
+    ]
     with tempfile.TemporaryDirectory(prefix="bench-endpoint-") as tmp:
         workspace = LocalWorkspace(Path(tmp) / "state")
         try:
-            run(workspace, request, args.requests, Path(tmp))
+            run(workspace, requests, args.requests, Path(tmp))
         finally:
             if ENDPOINT in workspace.endpoints.list_endpoints():
                 workspace.endpoints.delete_endpoint(ENDPOINT)
     return 0
 
 
-def run(workspace: LocalWorkspace, request: dict, count: int, tmp: Path) -> None:
+def run(workspace: LocalWorkspace, requests: list[dict], count: int, tmp: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.fine_tune import save_mlflow_model
@@ -88,13 +95,25 @@ def run(workspace: LocalWorkspace, request: dict, count: int, tmp: Path) -> None
     key = workspace.get_endpoint_keys(ENDPOINT).primary
     front = httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=60)
     direct = httpx.Client(timeout=60)
+    for request in requests:
+        measure_front_overhead(front, status["scoring_uri"], direct, direct_url, request, count)
+
+
+def measure_front_overhead(
+    front: httpx.Client,
+    front_url: str,
+    direct: httpx.Client,
+    direct_url: str,
+    request: dict,
+    count: int,
+) -> None:
     samples: dict[str, list[float]] = {"through the front": [], "direct to deployment": []}
     for _ in range(3):  # warm both paths (connections, first generation)
-        front.post(status["scoring_uri"], json=request).raise_for_status()
+        front.post(front_url, json=request).raise_for_status()
         direct.post(direct_url, json=request).raise_for_status()
     for _ in range(count):
         for label, client, url in (
-            ("through the front", front, status["scoring_uri"]),
+            ("through the front", front, front_url),
             ("direct to deployment", direct, direct_url),
         ):
             started = time.perf_counter()
