@@ -301,7 +301,7 @@ def create_app(config: ServerConfig) -> Starlette:
         media_type = _media_type(request.headers.get("content-type"))
         if media_type is not None and not _is_json(media_type):
             return _error(415, f"Content-Type must be application/json, got {media_type!r}")
-        body = await _read_body(request)
+        body = await read_body(request)
         if body is None:
             return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
         try:
@@ -384,7 +384,7 @@ class AccessLog:
             )
 
 
-async def _read_body(request: Request) -> bytes | None:
+async def read_body(request: Request) -> bytes | None:
     """The body, or None past MAX_BODY_BYTES (read no further: the cap is for memory)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import httpx
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).parent)]
+HERE = Path(__file__).resolve().parent
+# The repository, tests/ (shared helpers such as endpoint_cleanup) and this folder.
+sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent), str(HERE)]
 
 from endpoint_helpers import StandIn, cleanup, start  # noqa: E402
 

@@ -162,6 +162,23 @@ def test_upstream_errors_pass_through_and_are_counted(live: Endpoint) -> None:
     assert after["blue"]["client_errors"] >= 1
 
 
+def test_an_oversized_body_is_refused_by_the_front_itself(live: Endpoint) -> None:
+    """Over the deployment's 1 MiB cap: a 413 from the front, which never forwards it (and
+    never holds more than the cap of it); a body at the cap still goes through."""
+    from serving.server import MAX_BODY_BYTES
+
+    live.route({"blue": 100})
+    scored = _scored(live, "blue")
+    over = live.post({"q": "x" * MAX_BODY_BYTES})
+    assert over.status_code == 413
+    assert over.json() == {"error": f"request body over {MAX_BODY_BYTES} bytes"}
+    assert DEPLOYMENT_HEADER not in over.headers  # answered by the front, not a deployment
+    assert _scored(live, "blue") == scored
+    at_cap = live.post({"q": "x" * (MAX_BODY_BYTES - len('{"q": ""}'))})
+    assert at_cap.status_code == 200
+    assert _scored(live, "blue") == scored + 1
+
+
 def test_unreachable_deployment_is_502(live: Endpoint) -> None:
     live.route({"blue": 100})
     live.control.create_or_update_deployment(live.spec("doomed"))

@@ -59,6 +59,7 @@ from backends.local.endpoint.rules import pick_deployment, should_mirror
 from backends.local.endpoint.state import EndpointRecord, EndpointStore
 from backends.local.endpoint.supervisor import DEFAULT_MAX_RESTARTS, Supervisor
 from backends.workspace import DEPLOYMENT_HEADER, EndpointKeys
+from serving.server import MAX_BODY_BYTES, read_body
 
 log = logging.getLogger("backends.local.endpoint.front")
 
@@ -321,7 +322,12 @@ def create_app(front: Front) -> Starlette:
             if record is not None:
                 mirror_to = should_mirror(record.mirror_traffic, front.rng)
 
-        body = await request.body()
+        # The deployment's own cap, enforced here too, so the front never holds more than it
+        # of a request in memory either (Azure's router has its own limit).
+        body = await read_body(request)
+        if body is None:
+            log.info("score rid=%s status=413 body over %d bytes", request_id, MAX_BODY_BYTES)
+            return _error(413, f"request body over {MAX_BODY_BYTES} bytes", base_headers)
         upstream_headers = {
             "content-type": request.headers.get("content-type", "application/json"),
             REQUEST_ID_HEADER: request_id,
