@@ -120,3 +120,48 @@ def test_flow_promotes_then_is_up_to_date_then_rejects_a_worse_candidate(
     assert "## Quality gate" in rejected_report and "- champion `phi3-chat:1`" in rejected_report
     rows = {row["metric"]: row["value"] for row in report_rows(worse)}
     assert rows["gate"] == "rejected" and rows["traffic after"] == "{'blue': 100}"
+
+
+def test_a_rolled_back_candidate_is_not_promoted_again_by_a_rerun(
+    prefect_harness: None,
+    endpoint_cleanup: None,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Promoted v1, promoted v2, `finetune-phi endpoint rollback` back to v1; a run with v2's
+    inputs then finds the same job and version and would promote v2 again on its numbers: the
+    operator's rollback tag stops it, and v1 keeps serving."""
+    from finetune_phi.cli import main as cli_main
+    from flows.finetune import finetune_pipeline
+
+    profile_file = str(
+        small_profile_file(
+            tmp_path,
+            tiny_model_dir,
+            smoke={"enabled": False},
+            rollout={"keep_previous": True},  # the old colour stays up to roll back onto
+            gate={"loss_tolerance": 1.0, "fact_accuracy_tolerance": 1.0},  # v2 surely wins
+        )
+    )
+    workspace = LocalWorkspace(tmp_path / "state")
+    endpoint = "phi3-chat-local"
+
+    first = finetune_pipeline(profile=profile_file)
+    second = finetune_pipeline(profile=profile_file, training={"max_steps": 8})
+    assert (first.status, second.status) == ("promoted", "promoted")
+    assert workspace.get_traffic(endpoint).live == {"green": 100}
+    assert workspace.get_model_by_alias(first.model.name, CHAMPION).version == "2"
+
+    assert cli_main(["endpoint", "rollback", "--profile", profile_file]) == 0
+    assert "champion phi3-chat: 2 -> 1" in capsys.readouterr().out
+    assert workspace.get_traffic(endpoint).live == {"blue": 100}
+
+    rerun = finetune_pipeline(profile=profile_file, training={"max_steps": 8})
+    assert rerun.status == "not promoted"
+    assert rerun.model.version == "2"  # the same job, the same registered version
+    assert rerun.training.job_name == second.training.job_name
+    assert "an operator rolled this version back" in rerun.gate.reason
+    assert workspace.get_traffic(endpoint).live == {"blue": 100}
+    assert workspace.get_model_by_alias(first.model.name, CHAMPION).version == "1"
+    assert workspace.get_model(first.model.name, "2").tags["gate"] != "promoted"
