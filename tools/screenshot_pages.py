@@ -11,7 +11,7 @@ then the page is saved as a PNG at `path`. Prints one JSON line: {"shots": [{"pa
 "title", "ok", "error"}], "blocked": [...]}; exits 1 when a page did not show what it should.
 
 Nothing leaves the machine: the browser resolves no name but loopback, and every request to
-anything else is aborted and listed in `blocked` (as tests/promptflow/browser_check.py does).
+anything else is aborted and listed in `blocked` (tools/offline_browser.py).
 Started by tools/screenshots.py, which runs the servers these pages come from.
 """
 
@@ -24,25 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from playwright.sync_api import Page, Request, Route, sync_playwright
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-default-apps",
-    "--metrics-recording-only",
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
-]
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
-
+from offline_browser import CHROMIUM_FLAGS, loopback_only  # this folder: sys.path[0]
+from playwright.sync_api import Page, sync_playwright
 
 # The apps scroll inside a panel, not the page: a "full page" picture of them is one viewport.
 # The tallest scrolled panel's content height, to grow the viewport to before the picture.
@@ -111,13 +95,7 @@ def main() -> int:
     blocked: list[str] = []
     results: list[dict[str, Any]] = []
 
-    def route(route: Route, request: Request) -> None:
-        if (urlparse(request.url).hostname or "") in LOOPBACK or request.url.startswith("data:"):
-            route.continue_()
-        else:
-            blocked.append(request.url)
-            route.abort()
-
+    route = loopback_only(blocked)
     with (
         tempfile.TemporaryDirectory(prefix="screenshots-profile-") as profile,
         sync_playwright() as playwright,

@@ -17,24 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from urllib.parse import urlparse
+from pathlib import Path
 
-from playwright.sync_api import Request, Route, sync_playwright
+from playwright.sync_api import sync_playwright
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-default-apps",
-    "--metrics-recording-only",
-    # Belt and braces with the request routing below: no DNS for anything but loopback.
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
-]
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+from offline_browser import CHROMIUM_FLAGS, loopback_only  # noqa: E402
 
 
 def main() -> int:
@@ -49,13 +37,7 @@ def main() -> int:
     blocked: list[str] = []
     turns: list[dict[str, object]] = []
 
-    def route(route: Route, request: Request) -> None:
-        if (urlparse(request.url).hostname or "") in LOOPBACK or request.url.startswith("data:"):
-            route.continue_()
-        else:
-            blocked.append(request.url)
-            route.abort()
-
+    route = loopback_only(blocked)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=args.browser, headless=True, args=CHROMIUM_FLAGS
