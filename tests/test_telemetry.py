@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from finetune_phi.telemetry import TELEMETRY_OFF, telemetry_off
 
 
@@ -20,12 +22,15 @@ def test_sets_only_what_the_user_did_not_choose() -> None:
     }
 
 
-def test_the_libraries_themselves_see_telemetry_off() -> None:
-    """A fresh interpreter that imports the project: MLflow's and huggingface_hub's own checks
-    say disabled, and Prefect's analytics setting is off."""
+@pytest.mark.parametrize("entry", ["finetune_phi", "trainer.fine_tune"])
+def test_the_libraries_themselves_see_telemetry_off(entry: str) -> None:
+    """A fresh interpreter that imports the project (or only the trainer, as an Azure ML job
+    or a user running it by hand does): MLflow's and huggingface_hub's own checks say
+    disabled, and Prefect's analytics setting is off."""
     env = {k: v for k, v in os.environ.items() if k not in TELEMETRY_OFF}
-    code = """
-import json, finetune_phi
+    code = (
+        f"import json, {entry}"
+        + """
 from mlflow.telemetry.utils import is_telemetry_disabled
 from huggingface_hub import constants
 from prefect.settings import get_current_settings
@@ -35,6 +40,7 @@ print(json.dumps({
     "prefect_analytics": get_current_settings().server.analytics_enabled,
 }))
 """
+    )
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )

@@ -5,3 +5,7 @@ It depends only on the training stack (torch, transformers, trl, peft, datasets,
 must not import Prefect, the backends or `finetune_phi`, because in Azure it runs from a code
 snapshot in an environment that has none of them.
 """
+
+from trainer.telemetry import telemetry_off
+
+telemetry_off()  # before the training stack (MLflow, huggingface_hub) is imported

@@ -42,6 +42,7 @@ from azure.ai.ml.entities._job.distribution import PyTorchDistribution
 
 from backends.workspace import ComputeSpec, DeploymentSpec, EnvironmentRef, TrainingJobSpec
 from finetune_phi.settings import REPO_ROOT, AzureBackendSettings
+from finetune_phi.telemetry import TELEMETRY_OFF
 
 DATASTORE = "workspaceblobstore"  # the workspace's default blob datastore
 MODEL_OUTPUT = "model"  # the job output holding mlflow_model/, metrics.json, checkpoints/
@@ -252,7 +253,11 @@ def build_job(
         compute=compute,
         instance_count=settings.training_instance_count,
         distribution=distribution,
-        environment_variables={"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
+        environment_variables={
+            "PYTHONUNBUFFERED": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            **TELEMETRY_OFF,  # the trainer sets them itself as well, on import
+        },
         tags={**dict(spec.tags), JOB_NAME_TAG: spec.name, ATTEMPT_TAG: str(attempt)},
     )
 
@@ -311,7 +316,8 @@ def build_deployment(
         ),
         instance_type=settings.inference_sku if use_profile else spec.instance_type,
         instance_count=settings.inference_instance_count if use_profile else spec.instance_count,
-        environment_variables=dict(spec.environment_variables) or None,
+        # The serving code snapshot is serving/ alone: the variables are how it gets them.
+        environment_variables={**TELEMETRY_OFF, **spec.environment_variables},
         request_settings=OnlineRequestSettings(
             request_timeout_ms=settings.request_timeout_ms,
             max_concurrent_requests_per_instance=settings.max_concurrent_requests_per_instance,

@@ -244,3 +244,25 @@ def test_dry_run_documents_load_back_and_plan_is_ordered(tmp_path, monkeypatch):
     )
     assert "delete" not in calls.split("online_endpoints.get")[1].split(";")[0]
     yaml.safe_load_all(text.replace("# ---", "#"))  # the whole output is YAML
+
+
+def test_jobs_and_deployments_carry_telemetry_off(tmp_path):
+    """What runs in Azure has none of finetune_phi: the training job and the deployment get
+    the telemetry variables in their environment (a deployment's own variables win)."""
+    from finetune_phi.telemetry import TELEMETRY_OFF
+
+    built, _ = _built(tmp_path)
+    assert TELEMETRY_OFF.items() <= built["job"].environment_variables.items()
+    assert built["deployment"].environment_variables == TELEMETRY_OFF
+    own = entities.build_deployment(
+        DeploymentSpec(
+            "phi3-chat",
+            "green",
+            ModelVersion("phi3-chat", "3", "x"),
+            environment_variables={"DO_NOT_TRACK": "false"},
+        ),
+        environment=EnvironmentRef("finetune-phi-inference", "abc"),
+        code=entities.stage_code(["serving"], staging_root=tmp_path / "stage2"),
+        settings=azure_settings(),
+    )
+    assert own.environment_variables == {**TELEMETRY_OFF, "DO_NOT_TRACK": "false"}
