@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from typing import Any
 
 import httpx
 
+from backends.local.endpoint.control import free_port
 from backends.local.workspace import LocalWorkspace
 from finetune_phi.chat_data.synthetic import fact_probes
 from finetune_phi.rollout import execute_rollout, plan_rollout
@@ -361,12 +361,6 @@ def report(
         f"questions answered identically: front vs direct {same_front}/{len(local)}, "
         f"mlflow vs direct {same}/{len(local)}"
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_mlflow_serve(

@@ -57,6 +57,17 @@ class TinyModelSpec:
     seed: int = 0
 
 
+# The test-sized one (the test suite's fixtures, tools/screenshots.py): trains a few steps in
+# seconds, and still learns something.
+SMALL_SPEC = TinyModelSpec(
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+)
+
+
 def chat_texts(conversations: Iterable[dict]) -> list[str]:
     """The tokenizer's training corpus: every message content, in order."""
     return [m["content"] for conv in conversations for m in conv["messages"]]

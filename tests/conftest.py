@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from trainer.telemetry import telemetry_off
+
 _CACHE = Path(tempfile.mkdtemp(prefix="finetune-phi-tests-"))
 # Set before transformers/datasets/mlflow are imported by any test module.
 os.environ.update(
@@ -22,20 +24,8 @@ os.environ.update(
     HF_HOME=str(_CACHE / "hf"),
     HF_DATASETS_CACHE=str(_CACHE / "hf-datasets"),
     TOKENIZERS_PARALLELISM="false",
-    DO_NOT_TRACK="1",
-    MLFLOW_ENABLE_TELEMETRY="false",
-    MLFLOW_DISABLE_TELEMETRY="true",
 )
-
-# Small enough to train a few steps in seconds, big enough to learn something.
-SMALL_SPEC = {
-    "vocab_size": 512,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "seed": 0,
-}
+telemetry_off()  # the project's own policy, before any library under test is imported
 
 
 @pytest.fixture(scope="session")
@@ -47,12 +37,10 @@ def small_conversations() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, small_conversations) -> Path:
-    from finetune_phi.tiny_model import TinyModelSpec, build_tiny_phi3
+    from finetune_phi.tiny_model import SMALL_SPEC, build_tiny_phi3
 
     return build_tiny_phi3(
-        tmp_path_factory.mktemp("tiny") / "tiny-phi3",
-        small_conversations,
-        TinyModelSpec(**SMALL_SPEC),
+        tmp_path_factory.mktemp("tiny") / "tiny-phi3", small_conversations, SMALL_SPEC
     )
 
 

@@ -32,7 +32,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from backends.local.endpoint.control import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -57,25 +58,10 @@ OFFLINE_ENV = {
 }
 # MLflow's UI opens a "new model registry UI" dialog and an assistant side panel over the page.
 MLFLOW_DISMISS = ["Try it now", "Close"]
-# The small tiny Phi-3 the tests train (tests/conftest.py SMALL_SPEC): seconds, not minutes.
-SMALL_SPEC = {
-    "vocab_size": 512,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "seed": 0,
-}
 
 
 def log(message: str) -> None:
     print(f"[screenshots {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
@@ -146,11 +132,9 @@ def write_profile(scratch: Path) -> Path:
     from profiles import small_profile_file
 
     from finetune_phi.chat_data.synthetic import generate_conversations
-    from finetune_phi.tiny_model import TinyModelSpec, build_tiny_phi3
+    from finetune_phi.tiny_model import SMALL_SPEC, build_tiny_phi3
 
-    base = build_tiny_phi3(
-        scratch / "tiny-phi3", generate_conversations(160, seed=0), TinyModelSpec(**SMALL_SPEC)
-    )
+    base = build_tiny_phi3(scratch / "tiny-phi3", generate_conversations(160, seed=0), SMALL_SPEC)
     # The smoke test runs for real through Prompt flow; 6 steps teach no facts, so it is asked
     # to run and report, not to pass (a failed smoke test would roll the rollout back).
     return small_profile_file(

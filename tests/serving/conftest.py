@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from backends.local.endpoint.control import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_FOLDER = "tiny-phi3-mlflow"  # the registered model's folder name under AZUREML_MODEL_DIR
@@ -37,12 +38,6 @@ def azureml_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     save_mlflow_model(model, tokenizer, root / MODEL_FOLDER)
     return root
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
