@@ -110,7 +110,7 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
 
 def stop_endpoint(state_dir: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "finetune_phi.cli", "endpoint", "down"]
+        [sys.executable, "-m", "cli.main", "endpoint", "down"]
         + ["--set", f"state_dir={state_dir}"],
         cwd=REPO,
         capture_output=True,

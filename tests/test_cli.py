@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune_phi.cli import main, parse_assignments
+from cli.main import main
+from cli.options import parse_assignments
 from finetune_phi.settings import ConfigError
 
 

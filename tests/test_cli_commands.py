@@ -27,7 +27,7 @@ from profiles import small_profile_file
 from backends.local.endpoint.state import DeploymentRecord, EndpointStore
 from backends.local.workspace import LocalWorkspace
 from backends.workspace import CHAMPION, ModelVersion, TrafficState
-from finetune_phi.cli import main
+from cli.main import main
 from finetune_phi.lineage import training_job_name
 from finetune_phi.settings import load_profile
 
@@ -380,7 +380,7 @@ def test_rollback_says_when_there_is_nothing_to_roll_back_to(
 
 def test_rollback_target_of_a_split_is_the_champions_deployment() -> None:
     from backends.workspace import DeploymentInfo
-    from finetune_phi.cli_endpoint import NothingToRollBack, rollback_target
+    from cli.endpoint import NothingToRollBack, rollback_target
 
     deployments = {
         "blue": DeploymentInfo(ENDPOINT, "blue", f"{MODEL}:1", "Succeeded", True),

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import make_parser
+from cli.options import parse_assignments
 from finetune_phi import docgen
-from finetune_phi.cli import make_parser, parse_assignments
 from finetune_phi.settings import load_profile
 
 REPO = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ the heavy ones.
 From each ```bash block (continuations joined), the lines that start (after `VAR=value`
 prefixes) with `.venv/bin/finetune-phi`, `finetune-phi`, `.venv/bin/python -m` or `make `:
 
-* `finetune-phi ...` parses with the real parser (`finetune_phi.cli.make_parser()`), with every
+* `finetune-phi ...` parses with the real parser (`cli.main.make_parser()`), with every
   subcommand and option spelled exactly as it is defined (argparse would accept an
   abbreviation); `--set` keys and `FINETUNE_PHI__*` prefixes are keys of the profile;
 * `python -m module` is importable, its `--help` exits 0 and lists each option shown;
@@ -32,7 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune_phi.cli import make_parser, parse_assignments
+from cli.main import make_parser
+from cli.options import parse_assignments
 from finetune_phi.settings import load_profile
 
 REPO = Path(__file__).resolve().parent.parent

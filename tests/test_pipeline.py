@@ -132,7 +132,7 @@ def test_a_rolled_back_candidate_is_not_promoted_again_by_a_rerun(
     """Promoted v1, promoted v2, `finetune-phi endpoint rollback` back to v1; a run with v2's
     inputs then finds the same job and version and would promote v2 again on its numbers: the
     operator's rollback tag stops it, and v1 keeps serving."""
-    from finetune_phi.cli import main as cli_main
+    from cli.main import main as cli_main
     from flows.finetune import finetune_pipeline
 
     profile_file = str(

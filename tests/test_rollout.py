@@ -145,7 +145,7 @@ def test_3_failed_rollout_restores_traffic_and_removes_the_new_deployment(
 def test_4_endpoint_commands_inspect_and_steer_the_live_endpoint(
     workspace: LocalWorkspace, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from finetune_phi.cli import main
+    from cli.main import main
 
     where = ["--set", f"state_dir={workspace.layout.root}", "--set", f"endpoint.name={ENDPOINT}"]
 

@@ -54,7 +54,7 @@ def test_preflight_stops_at_missing_settings_credential_or_workspace(azure_fake,
 def test_cli_dry_run_and_wrong_profile(capsys, monkeypatch, tmp_path):
     import pytest
 
-    from finetune_phi.cli_azure import add_azure_parser, run_azure_command
+    from cli.azure_ml import add_azure_parser, run_azure_command
     from finetune_phi.settings import ConfigError, load_profile
 
     parser = argparse.ArgumentParser()

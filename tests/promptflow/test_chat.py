@@ -19,7 +19,7 @@ import pytest
 from pf_helpers import LiveEndpoint, StandInEndpoint
 
 from backends.local.endpoint.control import free_port
-from finetune_phi.chat_cli import terminal_chat
+from cli.chat import terminal_chat
 from finetune_phi.chat_data.synthetic import answer_matches, fact_probes
 from finetune_phi.promptflow_bridge import ChatSession
 
@@ -38,7 +38,7 @@ def chat_command(live: LiveEndpoint, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "finetune_phi.chat_cli",
+        "cli.chat",
         "--set",
         f"state_dir={live.state_dir}",
         "--set",

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from finetune_phi import promptflow_bridge
-from finetune_phi.chat_cli import add_chat_parser, generation_params, main
+from cli.chat import add_chat_parser, generation_params, main
 from finetune_phi.chat_data.synthetic import fact_probes
 from finetune_phi.promptflow_bridge import (
     PromptflowError,

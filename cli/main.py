@@ -23,36 +23,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from backends.workspace import WorkspaceError
+from cli.options import parse_assignments, profile_from_args, with_profile
 from finetune_phi import __version__
-from finetune_phi.settings import (
-    ConfigError,
-    Profile,
-    available_profiles,
-    load_profile,
-    parse_override_value,
-    set_path,
-)
-
-
-def parse_assignments(assignments: Sequence[str]) -> dict[str, Any]:
-    """`a.b=value` pairs into a nested mapping, values typed as environment overrides are."""
-    tree: dict[str, Any] = {}
-    for item in assignments:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.seed=1")
-        set_path(tree, key.split("."), parse_override_value(raw), label=f"--set {item!r}")
-    return tree
-
-
-def _profile(args: argparse.Namespace) -> Profile:
-    return load_profile(args.profile, overrides=parse_assignments(args.set))
-
+from finetune_phi.settings import ConfigError, load_profile
 
 # --------------------------------------------------------------------------- commands
 
@@ -63,7 +40,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
         print(json.dumps(profile_json_schema(), indent=2))
         return 0
-    profile = _profile(args)
+    profile = profile_from_args(args)
     if args.action == "validate":
         print(f"profile {profile.name}: valid")
         return 0
@@ -75,7 +52,7 @@ def cmd_build_tiny_model(args: argparse.Namespace) -> int:
     from finetune_phi.state import StateLayout
     from finetune_phi.tiny_model import build_default_tiny_phi3
 
-    output = args.output or StateLayout(_profile(args).state_dir).tiny_model_dir
+    output = args.output or StateLayout(profile_from_args(args).state_dir).tiny_model_dir
     build_default_tiny_phi3(Path(output))
     print(f"tiny Phi-3 written to {output}")
     return 0
@@ -97,7 +74,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     from finetune_phi.chat_data import prepare_dataset
     from finetune_phi.state import StateLayout
 
-    profile = _profile(args)
+    profile = profile_from_args(args)
     output = args.output or StateLayout(profile.state_dir).dataset_dir("manual")
     manifest = prepare_dataset(profile.data, output, progress=print)
     print(manifest.to_json(), end="")
@@ -105,13 +82,13 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from finetune_phi.cli_run import run_pipeline
+    from cli.run import run_pipeline
 
     return run_pipeline(args, parse_assignments(args.set))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from finetune_phi.cli_run import dry_run, run_pipeline
+    from cli.run import dry_run, run_pipeline
 
     overrides = parse_assignments(args.set)
     if args.dry_run:
@@ -120,35 +97,35 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from finetune_phi.cli_data import run_data_command
+    from cli.data import run_data_command
 
     if args.bins < 1:
         raise ConfigError(f"--bins {args.bins}: needs at least 1 bin")
-    return run_data_command(args, _profile(args))
+    return run_data_command(args, profile_from_args(args))
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from finetune_phi.cli_models import run_models_command
+    from cli.models import run_models_command
 
-    return run_models_command(args, _profile(args))
+    return run_models_command(args, profile_from_args(args))
 
 
 def cmd_endpoint(args: argparse.Namespace) -> int:
-    from finetune_phi.cli_endpoint import run_endpoint_command
+    from cli.endpoint import run_endpoint_command
 
-    return run_endpoint_command(args, _profile(args))
+    return run_endpoint_command(args, profile_from_args(args))
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from finetune_phi.chat_cli import run_chat_command
+    from cli.chat import run_chat_command
 
-    return run_chat_command(args, _profile(args))
+    return run_chat_command(args, profile_from_args(args))
 
 
 def cmd_azure(args: argparse.Namespace) -> int:
-    from finetune_phi.cli_azure import run_azure_command
+    from cli.azure_ml import run_azure_command
 
-    return run_azure_command(args, _profile(args))
+    return run_azure_command(args, profile_from_args(args))
 
 
 # --------------------------------------------------------------------------- parser
@@ -162,23 +139,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"finetune-phi {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_profile(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sub.add_argument(
-            "--profile",
-            default=None,
-            help="profile name or YAML path (default: $FINETUNE_PHI_PROFILE or 'local'; "
-            f"available: {', '.join(available_profiles())})",
-        )
-        sub.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override one profile key, e.g. --set training.num_train_epochs=2 (repeatable)",
-        )
-        return sub
-
-    from finetune_phi.cli_run import add_run_parser
+    from cli.run import add_run_parser
 
     add_run_parser(commands, with_profile, cmd_run)
     demo = with_profile(
@@ -193,10 +154,10 @@ def make_parser() -> argparse.ArgumentParser:
         )
     )
     demo.set_defaults(func=cmd_demo)
-    from finetune_phi.cli_data import add_data_parser
+    from cli.data import add_data_parser
 
     add_data_parser(commands, with_profile, cmd_data)
-    from finetune_phi.cli_models import add_models_parser
+    from cli.models import add_models_parser
 
     add_models_parser(commands, with_profile, cmd_models)
 
@@ -227,13 +188,13 @@ def make_parser() -> argparse.ArgumentParser:
     )
     prepare.add_argument("--output", type=Path, default=None, help="output folder")
     prepare.set_defaults(func=cmd_prepare_data)
-    from finetune_phi.cli_endpoint import add_endpoint_parser
+    from cli.endpoint import add_endpoint_parser
 
     add_endpoint_parser(commands, with_profile, cmd_endpoint)
-    from finetune_phi.chat_cli import add_chat_parser
+    from cli.chat import add_chat_parser
 
     add_chat_parser(commands, with_profile, cmd_chat)
-    from finetune_phi.cli_azure import add_azure_parser
+    from cli.azure_ml import add_azure_parser
 
     add_azure_parser(commands, with_profile, cmd_azure)
     return parser

@@ -66,8 +66,8 @@ def conversation_lengths(files: Sequence[Path], count: Callable[[Any], int]) -> 
 def run_data_command(args: argparse.Namespace, profile: Profile) -> int:
     from prefect.logging import disable_run_logger
 
+    from cli.run import describe_source
     from finetune_phi.chat_data.validation import estimate_tokens
-    from finetune_phi.cli_run import describe_source
     from tasks.base_model import ensure_base_model
     from tasks.dataset import chat_token_counter, prepare_dataset_task
 

@@ -220,8 +220,8 @@ def add_chat_parser(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m finetune_phi.chat_cli ...`: the same command without the rest of the CLI."""
-    from finetune_phi.cli import parse_assignments
+    """`python -m cli.chat ...`: the same command without the rest of the CLI."""
+    from cli.options import parse_assignments
     from finetune_phi.settings import load_profile
 
     parser = argparse.ArgumentParser(prog="finetune-phi")
