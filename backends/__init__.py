@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from backends.workspace import Workspace
     from finetune_phi.settings import Profile
+    from finetune_phi.workspace import Workspace
 
 
 def open_workspace(profile: Profile) -> Workspace:

@@ -69,15 +69,17 @@ def run(workspace: LocalWorkspace, requests: list[dict], count: int, tmp: Path) 
         AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base), mlflow_dir
     )
     versions = [
-        workspace.register_model("bench-model", str(mlflow_dir), tags={}, job_name=f"bench-{i}")
+        workspace.registry.register_model(
+            "bench-model", str(mlflow_dir), tags={}, job_name=f"bench-{i}"
+        )
         for i in (1, 2)
     ]
     settings = RolloutSettings()
-    workspace.get_or_create_endpoint(ENDPOINT)
+    workspace.endpoints.get_or_create_endpoint(ENDPOINT)
     for version in versions:
-        deployments = {d.name: d.model for d in workspace.list_deployments(ENDPOINT)}
+        deployments = {d.name: d.model for d in workspace.endpoints.list_deployments(ENDPOINT)}
         plan = plan_rollout(
-            workspace.get_traffic(ENDPOINT),
+            workspace.endpoints.get_traffic(ENDPOINT),
             deployments,
             f"bench-model:{version.version}",
             settings,
@@ -92,7 +94,7 @@ def run(workspace: LocalWorkspace, requests: list[dict], count: int, tmp: Path) 
     status = workspace.endpoints.status(ENDPOINT)
     (live,) = [name for name, pct in status["traffic"].items() if pct == 100]
     direct_url = f"http://127.0.0.1:{status['deployments'][live]['port']}/score"
-    key = workspace.get_endpoint_keys(ENDPOINT).primary
+    key = workspace.endpoints.get_endpoint_keys(ENDPOINT).primary
     front = httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=60)
     direct = httpx.Client(timeout=60)
     for request in requests:

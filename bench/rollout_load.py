@@ -42,16 +42,18 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 
+from backends.local.endpoint.control import LocalEndpoints
 from backends.local.workspace import LocalWorkspace
-from backends.workspace import DEPLOYMENT_HEADER, ModelVersion, TrafficState
 from finetune_phi.rollout import RolloutFailed, execute_rollout, plan_rollout
 from finetune_phi.settings import RolloutSettings
+from finetune_phi.workspace import DEPLOYMENT_HEADER, ModelVersion, TrafficState
 
 ENDPOINT = "rollout-load"
 MODEL = "load-model"
@@ -194,8 +196,8 @@ def _answer_problem(response: httpx.Response) -> str | None:
 # --------------------------------------------------------------------------- phases
 
 
-class PacedWorkspace(LocalWorkspace):
-    """The local workspace, with each traffic change held until `hold` more requests of `load`
+class PacedEndpoints(LocalEndpoints):
+    """The local endpoints, with each traffic change held until `hold` more requests of `load`
     were answered (see the module docstring); everything else as is."""
 
     load: Load | None = None
@@ -211,6 +213,14 @@ class PacedWorkspace(LocalWorkspace):
             )
             self.load.wait_answered(self.hold)
         return applied
+
+
+class PacedWorkspace(LocalWorkspace):
+    """The local workspace whose endpoints are `PacedEndpoints`."""
+
+    @cached_property
+    def endpoints(self) -> PacedEndpoints:
+        return PacedEndpoints(self.layout.root)
 
 
 @dataclass
@@ -259,9 +269,9 @@ def run_phase(
     log: Callable[[str], None] = print,
 ) -> PhaseResult:
     """Roll `model` out while the load runs; the phase's samples, events and checks."""
-    traffic = workspace.get_traffic(ENDPOINT)
+    traffic = workspace.endpoints.get_traffic(ENDPOINT)
     (live,) = [d for d, pct in traffic.traffic.items() if pct == 100]
-    deployments = {d.name: d.model for d in workspace.list_deployments(ENDPOINT)}
+    deployments = {d.name: d.model for d in workspace.endpoints.list_deployments(ENDPOINT)}
     plan = plan_rollout(traffic, deployments, f"{model.name}:{model.version}", settings)
     new = plan.new_deployment
     assert new is not None, plan.reason
@@ -277,8 +287,8 @@ def run_phase(
         raise ValueError(f"unknown phase {name!r}; known: {', '.join(PHASES)}")
 
     load = Load(
-        workspace.get_or_create_endpoint(ENDPOINT).scoring_uri,
-        workspace.get_endpoint_keys(ENDPOINT).primary,
+        workspace.endpoints.get_or_create_endpoint(ENDPOINT).scoring_uri,
+        workspace.endpoints.get_endpoint_keys(ENDPOINT).primary,
         body,
         concurrency=concurrency,
         min_requests=min_requests,
@@ -292,7 +302,11 @@ def run_phase(
         events.append((load.now(), message))
         log(f"  [{load.now():6.1f} s] {message}")
 
-    workspace.load, workspace.hold, workspace.log = load, max(1, min_requests // 4), event
+    workspace.endpoints.load, workspace.endpoints.hold, workspace.endpoints.log = (
+        load,
+        max(1, min_requests // 4),
+        event,
+    )
 
     load.start()
     while len(load.samples) < concurrency and load.now() < 30:  # the load is flowing
@@ -308,7 +322,7 @@ def run_phase(
         event(f"RolloutFailed: {str(exc)[:160]}")
     load.rollout_done()
     rollout_ended = load.now()
-    workspace.load = None
+    workspace.endpoints.load = None
     load.join()
     result = PhaseResult(
         name=name,
@@ -317,7 +331,7 @@ def run_phase(
         rollout_started=rollout_started,
         rollout_ended=rollout_ended,
         outcome=outcome,
-        final_traffic=dict(workspace.get_traffic(ENDPOINT).traffic),
+        final_traffic=dict(workspace.endpoints.get_traffic(ENDPOINT).traffic),
         expected_during=expected_during,
         expected_after=expected_after,
     )
@@ -472,14 +486,17 @@ def run(
         models = save_models(base_model, state_dir.parent / "models")
         sources = {"v1": "good", "v2": "good", "v3": "good", "short": "short"}
         versions = {
-            key: workspace.register_model(
+            key: workspace.registry.register_model(
                 MODEL, str(models[kind]), tags={"case": key}, job_name=f"load-{key}"
             )
             for key, kind in sources.items()
         }
-        workspace.get_or_create_endpoint(ENDPOINT)
+        workspace.endpoints.get_or_create_endpoint(ENDPOINT)
         first = plan_rollout(
-            workspace.get_traffic(ENDPOINT), {}, f"{MODEL}:{versions['v1'].version}", SETTINGS
+            workspace.endpoints.get_traffic(ENDPOINT),
+            {},
+            f"{MODEL}:{versions['v1'].version}",
+            SETTINGS,
         )
         log("set-up: v1 onto the empty endpoint (no load)")
         execute_rollout(workspace, ENDPOINT, versions["v1"], first, SETTINGS, log=lambda _: None)

@@ -140,7 +140,9 @@ def save_model_with_params_schema(tmp: Path, max_new_tokens: int) -> tuple[Path,
 
 def run(workspace: LocalWorkspace, tmp: Path, args: argparse.Namespace) -> None:
     model_dir, tokenizer = save_model_with_params_schema(tmp, args.max_new_tokens)
-    version = workspace.register_model(MODEL_NAME, str(model_dir), tags={}, job_name="bench-1")
+    version = workspace.registry.register_model(
+        MODEL_NAME, str(model_dir), tags={}, job_name="bench-1"
+    )
     model_uri = f"models:/{MODEL_NAME}/{version.version}"
     # Start MLflow's server first: it loads while the rollout runs.
     mlflow_port = free_port()
@@ -148,9 +150,12 @@ def run(workspace: LocalWorkspace, tmp: Path, args: argparse.Namespace) -> None:
     mlflow_process = start_mlflow_serve(workspace, model_uri, mlflow_port, mlflow_log)
     try:
         settings = RolloutSettings()
-        workspace.get_or_create_endpoint(ENDPOINT)
+        workspace.endpoints.get_or_create_endpoint(ENDPOINT)
         plan = plan_rollout(
-            workspace.get_traffic(ENDPOINT), {}, f"{MODEL_NAME}:{version.version}", settings
+            workspace.endpoints.get_traffic(ENDPOINT),
+            {},
+            f"{MODEL_NAME}:{version.version}",
+            settings,
         )
         execute_rollout(workspace, ENDPOINT, version, plan, settings, log=lambda _: None)
         wait_for_ping(f"http://127.0.0.1:{mlflow_port}/ping", mlflow_process, mlflow_log)
@@ -166,7 +171,7 @@ def make_targets(
     status = workspace.endpoints.status(ENDPOINT)
     (live,) = [name for name, pct in status["traffic"].items() if pct == 100]
     params = {"max_new_tokens": max_new_tokens, "do_sample": False}
-    key = workspace.get_endpoint_keys(ENDPOINT).primary
+    key = workspace.endpoints.get_endpoint_keys(ENDPOINT).primary
 
     def tutorial(question: str) -> dict[str, Any]:
         return {"input_data": [question], "params": params}

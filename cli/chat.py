@@ -25,9 +25,9 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from backends import open_workspace
-from backends.workspace import NotFound, WorkspaceError
 from finetune_phi.promptflow_bridge import ChatSession, PromptflowError, start_chat_server
 from finetune_phi.settings import ConfigError, Profile
+from finetune_phi.workspace import NotFound, WorkspaceError
 
 DEFAULT_PORT = 8080  # the tutorial's `pf flow serve --port 8080`
 QUIT = ("/quit", "/exit", "/q")
@@ -42,15 +42,15 @@ def endpoint_access(profile: Profile, name: str) -> tuple[str, str]:
     local endpoint whose front is down (after a reboot), `get_or_create_endpoint` restarts it."""
     workspace = open_workspace(profile)
     try:
-        deployments = workspace.list_deployments(name)
+        deployments = workspace.endpoints.list_deployments(name)
     except NotFound:
         deployments = []
     if not deployments:
         raise ConfigError(
             f"endpoint {name!r} has no deployments: deploy a model first (`finetune-phi demo`)"
         )
-    info = workspace.get_or_create_endpoint(name)
-    return info.scoring_uri, workspace.get_endpoint_keys(name).primary
+    info = workspace.endpoints.get_or_create_endpoint(name)
+    return info.scoring_uri, workspace.endpoints.get_endpoint_keys(name).primary
 
 
 def generation_params(args: argparse.Namespace) -> dict[str, Any]:

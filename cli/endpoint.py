@@ -22,7 +22,8 @@ from typing import Any
 import yaml
 
 from backends import open_workspace
-from backends.workspace import (
+from finetune_phi.settings import ConfigError, Profile
+from finetune_phi.workspace import (
     CHALLENGER,
     CHAMPION,
     DeploymentInfo,
@@ -30,7 +31,6 @@ from backends.workspace import (
     Workspace,
     WorkspaceError,
 )
-from finetune_phi.settings import ConfigError, Profile
 
 ACTIONS = [
     "start",
@@ -77,7 +77,7 @@ def run_endpoint_command(args: argparse.Namespace, profile: Profile) -> int:
     name = args.endpoint or profile.endpoint.name
     action = ALIASES.get(args.action, args.action)
     if action == "start":
-        info = open_workspace(profile).get_or_create_endpoint(name)
+        info = open_workspace(profile).endpoints.get_or_create_endpoint(name)
         print(f"endpoint {name} serving at {info.scoring_uri}")
     elif action == "stop":
         _local_endpoints(profile).stop_endpoint(name)
@@ -94,7 +94,11 @@ def run_endpoint_command(args: argparse.Namespace, profile: Profile) -> int:
     elif action == "logs":
         if not args.deployment:
             raise ConfigError("endpoint logs needs --deployment NAME")
-        print(open_workspace(profile).get_deployment_logs(name, args.deployment, lines=args.lines))
+        print(
+            open_workspace(profile).endpoints.get_deployment_logs(
+                name, args.deployment, lines=args.lines
+            )
+        )
     elif action == "invoke":
         return _invoke(args, profile, name)
     elif action == "rollback":
@@ -181,10 +185,10 @@ def _rollback(args: argparse.Namespace, profile: Profile, name: str) -> int:
 def _do_rollback(
     workspace: Workspace, args: argparse.Namespace, profile: Profile, name: str
 ) -> int:
-    traffic = workspace.get_traffic(name)
-    deployments = {d.name: d for d in workspace.list_deployments(name)}
+    traffic = workspace.endpoints.get_traffic(name)
+    deployments = {d.name: d for d in workspace.endpoints.list_deployments(name)}
     registered = profile.model.registered_name
-    champion = workspace.get_model_by_alias(registered, CHAMPION)
+    champion = workspace.registry.get_model_by_alias(registered, CHAMPION)
     champion_model = f"{registered}:{champion.version}" if champion is not None else None
     target = rollback_target(traffic, deployments, champion_model, args.deployment)
     info = deployments[target]
@@ -205,7 +209,7 @@ def _do_rollback(
         print(f"warning: {target!r} is not ready: {why}; moving the traffic anyway (--force)")
     before = dict(traffic.traffic)
     wanted = {deployment: (100 if deployment == target else 0) for deployment in deployments}
-    applied = workspace.set_traffic(name, TrafficState(wanted, {}))
+    applied = workspace.endpoints.set_traffic(name, TrafficState(wanted, {}))
     print(
         f"rolled back endpoint {name}: traffic {before} -> {dict(applied.traffic)}"
         + (f" (mirror {dict(traffic.mirror_traffic)} cleared)" if traffic.mirror_traffic else "")
@@ -216,22 +220,22 @@ def _do_rollback(
         print(f"warning: {target!r} serves {info.model!r}, not NAME:VERSION; champion not moved")
         return 0
     model_name, version = served
-    previous = workspace.get_model_by_alias(model_name, CHAMPION)
+    previous = workspace.registry.get_model_by_alias(model_name, CHAMPION)
     if previous is not None and previous.version == version:
         print(f"champion {model_name}:{version} unchanged (it is what {target!r} serves)")
         return 0
     try:
-        workspace.set_model_alias(model_name, CHAMPION, version)
+        workspace.registry.set_model_alias(model_name, CHAMPION, version)
         if previous is not None:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            workspace.set_model_tags(
+            workspace.registry.set_model_tags(
                 model_name,
                 previous.version,
                 {"rolled_back": f"{stamp}: traffic moved to {target} ({model_name}:{version})"},
             )
-            challenger = workspace.get_model_by_alias(model_name, CHALLENGER)
+            challenger = workspace.registry.get_model_by_alias(model_name, CHALLENGER)
             if challenger is not None and challenger.version == previous.version:
-                workspace.delete_model_alias(model_name, CHALLENGER)
+                workspace.registry.delete_model_alias(model_name, CHALLENGER)
     except WorkspaceError as exc:
         print(
             f"finetune-phi: traffic was rolled back, but the champion alias could not be moved "
@@ -256,12 +260,12 @@ def _do_rollback(
 def _traffic(args: argparse.Namespace, profile: Profile, name: str) -> int:
     workspace = open_workspace(profile)
     if args.values or args.mirror:  # set: unnamed deployments keep nothing, as in Azure
-        current = workspace.get_traffic(name)
+        current = workspace.endpoints.get_traffic(name)
         traffic = parse_percentages(args.values, "traffic") if args.values else current.traffic
         mirror = parse_percentages(args.mirror, "--mirror") if args.mirror else {}
-        state = workspace.set_traffic(name, TrafficState(dict(traffic), mirror))
+        state = workspace.endpoints.set_traffic(name, TrafficState(dict(traffic), mirror))
     else:
-        state = workspace.get_traffic(name)
+        state = workspace.endpoints.get_traffic(name)
     _dump({"traffic": dict(state.traffic), "mirror_traffic": dict(state.mirror_traffic)})
     return 0
 
@@ -270,7 +274,7 @@ def _keys(args: argparse.Namespace, profile: Profile, name: str) -> int:
     if args.rotate:
         _local_endpoints(profile).regenerate_key(name, args.rotate)
         print(f"{args.rotate} key of {name} regenerated; the old one no longer works")
-    keys = open_workspace(profile).get_endpoint_keys(name)
+    keys = open_workspace(profile).endpoints.get_endpoint_keys(name)
     if args.show:
         _dump({"primary": keys.primary, "secondary": keys.secondary})
     elif not args.rotate:
@@ -293,7 +297,7 @@ def _invoke(args: argparse.Namespace, profile: Profile, name: str) -> int:
     else:
         raise ConfigError("endpoint invoke needs a question or --request JSON")
     try:
-        answer = open_workspace(profile).invoke(name, request, deployment=args.deployment)
+        answer = open_workspace(profile).endpoints.invoke(name, request, deployment=args.deployment)
     except WorkspaceError as exc:
         print(f"finetune-phi: {exc}", file=sys.stderr)
         return 1

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from backends.workspace import WorkspaceError
 from cli.options import parse_assignments, profile_from_args, with_profile
 from finetune_phi import __version__
 from finetune_phi.settings import ConfigError, load_profile
+from finetune_phi.workspace import WorkspaceError
 
 # --------------------------------------------------------------------------- commands
 

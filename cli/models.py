@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from backends.workspace import CHALLENGER, CHAMPION, ModelVersion
 from finetune_phi.settings import ConfigError, Profile
 from finetune_phi.state import StateLayout
+from finetune_phi.workspace import CHALLENGER, CHAMPION, ModelVersion
 
 EXAMPLES = """\
 Examples:
@@ -94,8 +94,11 @@ def run_models_command(args: argparse.Namespace, profile: Profile) -> int:
 
     workspace = open_workspace(profile)
     versions = with_aliases(
-        workspace.list_model_versions(name),
-        {alias: workspace.get_model_by_alias(name, alias) for alias in (CHAMPION, CHALLENGER)},
+        workspace.registry.list_model_versions(name),
+        {
+            alias: workspace.registry.get_model_by_alias(name, alias)
+            for alias in (CHAMPION, CHALLENGER)
+        },
     )
     if args.version is not None:
         chosen = [v for v in versions if v.version == args.version]

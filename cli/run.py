@@ -32,8 +32,8 @@ from finetune_phi.settings import (
 from finetune_phi.state import StateLayout
 
 if TYPE_CHECKING:
-    from backends.workspace import ModelVersion
     from finetune_phi.chat_data import DatasetManifest
+    from finetune_phi.workspace import ModelVersion
     from trainer.config import Hyperparameters
 
 # The demo runs on a machine that may have no internet: Prefect's temporary server would log a
@@ -284,9 +284,9 @@ def dry_run(profile: Profile, emit: Callable[[str], None] = print) -> int:
         )
     else:
         from backends import open_workspace
-        from backends.workspace import CHAMPION
+        from finetune_phi.workspace import CHAMPION
 
-        champion = open_workspace(profile).get_model_by_alias(registered, CHAMPION)
+        champion = open_workspace(profile).registry.get_model_by_alias(registered, CHAMPION)
         if champion is None:
             plan.add("champion", f"none: the first {registered} trained is promoted")
         elif sha is not None and lineage_matches(champion, profile, sha):
@@ -349,15 +349,15 @@ def _job_state(profile: Profile, job_name: str) -> str:
         return " (new)"
     from backends import open_workspace
 
-    job = open_workspace(profile).get_job(job_name)
+    job = open_workspace(profile).jobs.get_job(job_name)
     reuse = {"Completed": "finished: re-used, not trained again", "Running": "running: re-attached"}
     return f" (exists, {job.status.value}: {reuse.get(job.status.value, 'resubmitted, resumes')})"
 
 
 def _plan_local_rollout(plan: Plan, profile: Profile, champion: ModelVersion | None) -> None:
     from backends.local.endpoint.state import list_endpoints
-    from backends.workspace import TrafficState
     from finetune_phi.rollout import RolloutPlanError, plan_rollout
+    from finetune_phi.workspace import TrafficState
 
     name = profile.endpoint.name
     registered = profile.model.registered_name
@@ -366,8 +366,8 @@ def _plan_local_rollout(plan: Plan, profile: Profile, champion: ModelVersion | N
         from backends import open_workspace
 
         workspace = open_workspace(profile)
-        traffic = workspace.get_traffic(name)
-        deployments = {d.name: d.model for d in workspace.list_deployments(name)}
+        traffic = workspace.endpoints.get_traffic(name)
+        deployments = {d.name: d.model for d in workspace.endpoints.list_deployments(name)}
         shown = ", ".join(f"{d}={m}" for d, m in sorted(deployments.items())) or "none"
         plan.add("endpoint", f"{name}: traffic {dict(traffic.traffic)}, deployments {shown}")
     else:

@@ -285,7 +285,7 @@ def endpoint_asker(profile: Profile) -> Callable[[str], str]:
             "messages": [{"role": "user", "content": question}],
             "params": {"max_new_tokens": 48, "do_sample": False},
         }
-        return str(workspace.invoke(profile.endpoint.name, request)["content"])
+        return str(workspace.endpoints.invoke(profile.endpoint.name, request)["content"])
 
     return ask
 

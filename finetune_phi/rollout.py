@@ -28,7 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.workspace import (
+from finetune_phi.settings import RolloutSettings
+from finetune_phi.workspace import (
     CHALLENGER,
     CHAMPION,
     DeploymentSpec,
@@ -37,7 +38,6 @@ from backends.workspace import (
     Workspace,
     WorkspaceError,
 )
-from finetune_phi.settings import RolloutSettings
 
 COLOURS = ("blue", "green")
 
@@ -188,7 +188,7 @@ def _check_answer(response: Any) -> None:
 def _wait_ready(workspace: Workspace, endpoint: str, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        info = workspace.get_deployment(endpoint, name)
+        info = workspace.endpoints.get_deployment(endpoint, name)
         if info is not None and info.ready:
             return
         if info is not None and info.provisioning_state == "Failed":
@@ -209,7 +209,7 @@ def _probe(
     failures, first = 0, None
     for _ in range(count):
         try:
-            _check_answer(workspace.invoke(endpoint, probe, deployment=deployment))
+            _check_answer(workspace.endpoints.invoke(endpoint, probe, deployment=deployment))
         except WorkspaceError as exc:
             failures += 1
             first = first or str(exc)
@@ -241,17 +241,17 @@ def execute_rollout(
         report.events.append(message)
         log(message)
 
-    original = workspace.get_traffic(endpoint)
+    original = workspace.endpoints.get_traffic(endpoint)
     new = plan.new_deployment
     if new is None:
         event(f"rollout: nothing to do ({plan.reason})")
         _promote(workspace, endpoint, model, plan, event)
-        report.final_traffic = dict(workspace.get_traffic(endpoint).traffic)
+        report.final_traffic = dict(workspace.endpoints.get_traffic(endpoint).traffic)
         return report
 
     stage = "create"
     try:
-        existing = workspace.get_deployment(endpoint, new)
+        existing = workspace.endpoints.get_deployment(endpoint, new)
         if (
             existing is not None
             and existing.model == plan.model
@@ -263,8 +263,8 @@ def execute_rollout(
             event(f"rollout: {new!r} already serves {plan.model} {share} and is ready")
         else:
             event(f"rollout: creating deployment {new!r} with {plan.model} at 0%")
-            workspace.create_or_update_deployment(DeploymentSpec(endpoint, new, model))
-        workspace.set_model_alias(model.name, CHALLENGER, model.version)
+            workspace.endpoints.create_or_update_deployment(DeploymentSpec(endpoint, new, model))
+        workspace.registry.set_model_alias(model.name, CHALLENGER, model.version)
         stage = "readiness"
         _wait_ready(workspace, endpoint, new, settings.readiness_timeout_seconds)
         stage = "direct test"
@@ -281,7 +281,7 @@ def execute_rollout(
         if plan.mirror_percent:
             stage = "mirror"
             mirrored = TrafficState(dict(original.traffic), {new: plan.mirror_percent})
-            workspace.set_traffic(endpoint, mirrored)
+            workspace.endpoints.set_traffic(endpoint, mirrored)
             failures, why = _probe(workspace, endpoint, probe, settings.mirror_requests)
             # Mirrored answers are discarded: ask the new deployment itself how it is doing.
             new_failures, new_why = _probe(workspace, endpoint, probe, 1, deployment=new)
@@ -293,7 +293,7 @@ def execute_rollout(
 
         for step in plan.traffic_steps:
             stage = f"traffic {dict(step)}"
-            applied = workspace.set_traffic(endpoint, TrafficState(dict(step), {}))
+            applied = workspace.endpoints.set_traffic(endpoint, TrafficState(dict(step), {}))
             if applied.live != {k: v for k, v in step.items() if v > 0}:
                 raise WorkspaceError(f"traffic read back as {dict(applied.traffic)}")
             failures, why = _probe(workspace, endpoint, probe, settings.requests_per_step)
@@ -318,7 +318,7 @@ def execute_rollout(
         ) from exc
 
     _promote(workspace, endpoint, model, plan, event)
-    report.final_traffic = dict(workspace.get_traffic(endpoint).traffic)
+    report.final_traffic = dict(workspace.endpoints.get_traffic(endpoint).traffic)
     report.seconds = time.monotonic() - started
     event(f"rollout: done in {report.seconds:.1f} s, traffic {dict(report.final_traffic)}")
     return report
@@ -334,15 +334,15 @@ def _promote(
     """The model serves all traffic: make it the champion, clear the challenger alias, retire
     the deployments the plan names. Each step is skipped when already done, so a run killed
     halfway through this is finished by the next one."""
-    previous_champion = workspace.get_model_by_alias(model.name, CHAMPION)
+    previous_champion = workspace.registry.get_model_by_alias(model.name, CHAMPION)
     if previous_champion is None or previous_champion.version != model.version:
-        workspace.set_model_alias(model.name, CHAMPION, model.version)
+        workspace.registry.set_model_alias(model.name, CHAMPION, model.version)
         if previous_champion is not None:
             event(f"rollout: champion {previous_champion.version} -> {model.version}")
-    if workspace.get_model_by_alias(model.name, CHALLENGER) is not None:
-        workspace.delete_model_alias(model.name, CHALLENGER)
+    if workspace.registry.get_model_by_alias(model.name, CHALLENGER) is not None:
+        workspace.registry.delete_model_alias(model.name, CHALLENGER)
     for name in plan.retire:
-        workspace.delete_deployment(endpoint, name)
+        workspace.endpoints.delete_deployment(endpoint, name)
         event(f"rollout: retired {name!r}")
 
 
@@ -359,19 +359,19 @@ def _undo(
     """Put traffic and mirror back exactly, then remove the new deployment (unless
     `keep_new`); best effort on each part so one failure does not stop the others."""
     try:
-        workspace.set_traffic(endpoint, original)
+        workspace.endpoints.set_traffic(endpoint, original)
         event(f"rollback: traffic restored to {dict(original.traffic)}")
     except Exception as exc:  # keep undoing: the deployment must still go
         event(f"rollback: could not restore traffic: {exc}")
     try:
         if keep_new:
             event(f"rollback: kept {new!r} (it had live traffic before this run)")
-        elif workspace.get_deployment(endpoint, new) is not None:
-            workspace.delete_deployment(endpoint, new)
+        elif workspace.endpoints.get_deployment(endpoint, new) is not None:
+            workspace.endpoints.delete_deployment(endpoint, new)
             event(f"rollback: removed deployment {new!r}")
     except Exception as exc:
         event(f"rollback: could not remove {new!r}: {exc}")
     try:
-        workspace.delete_model_alias(model.name, CHALLENGER)
+        workspace.registry.delete_model_alias(model.name, CHALLENGER)
     except Exception as exc:
         event(f"rollback: could not clear the {CHALLENGER} alias: {exc}")

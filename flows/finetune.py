@@ -19,10 +19,10 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from backends.workspace import ModelVersion
 from finetune_phi.evaluation import GateDecision
 from finetune_phi.rollout import RolloutReport
 from finetune_phi.settings import Profile, deep_merge, load_profile
+from finetune_phi.workspace import ModelVersion
 from tasks.base_model import ensure_base_model
 from tasks.dataset import PreparedDataset, prepare_dataset_task
 from tasks.gate import check_up_to_date, quality_gate

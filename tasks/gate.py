@@ -11,11 +11,11 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from backends import open_workspace
-from backends.workspace import CHAMPION, ModelVersion
 from finetune_phi.chat_data.synthetic import fact_probes
 from finetune_phi.evaluation import GateDecision, evaluate_model, gate_decision, operator_veto
 from finetune_phi.settings import Profile
 from finetune_phi.state import StateLayout
+from finetune_phi.workspace import CHAMPION, ModelVersion
 from tasks.dataset import PreparedDataset
 from tasks.retry import retry_if_transient
 
@@ -40,7 +40,7 @@ def lineage_matches(champion: ModelVersion, profile: Profile, dataset_sha256: st
 def check_up_to_date(profile: Profile, dataset: PreparedDataset) -> ModelVersion | None:
     """The champion when its lineage matches this run's inputs, else None."""
     workspace = open_workspace(profile)
-    champion = workspace.get_model_by_alias(profile.model.registered_name, CHAMPION)
+    champion = workspace.registry.get_model_by_alias(profile.model.registered_name, CHAMPION)
     if champion is not None and lineage_matches(champion, profile, dataset.sha256):
         get_run_logger().info(
             "up to date: champion %s:%s was trained on dataset %s with this config",
@@ -69,7 +69,7 @@ def quality_gate(
     probes = fact_probes() if profile.data.source.kind == "synthetic" else []
 
     def measure(model: ModelVersion):  # -> Evaluation
-        folder = workspace.download_model(model.name, model.version, downloads)
+        folder = workspace.registry.download_model(model.name, model.version, downloads)
         return evaluate_model(
             folder,
             dataset.test_file,
@@ -78,7 +78,7 @@ def quality_gate(
             max_conversations=profile.gate.max_eval_conversations,
         )
 
-    champion = workspace.get_model_by_alias(candidate.name, CHAMPION)
+    champion = workspace.registry.get_model_by_alias(candidate.name, CHAMPION)
     if champion is not None and champion.version == candidate.version:
         champion = None  # the candidate is the champion already (e.g. an earlier promotion)
     candidate_eval = measure(candidate)
@@ -86,9 +86,9 @@ def quality_gate(
     decision = gate_decision(candidate_eval, champion_eval, profile.gate)
     if champion is not None:  # (a rolled-back version that is champion again was rolled forward)
         # Tags read afresh: an operator may have rolled this version back since it was made.
-        current = workspace.get_model(candidate.name, candidate.version)
+        current = workspace.registry.get_model(candidate.name, candidate.version)
         decision = operator_veto(decision, dict(current.tags))
-    workspace.set_model_tags(
+    workspace.registry.set_model_tags(
         candidate.name,
         candidate.version,
         {

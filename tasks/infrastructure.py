@@ -1,7 +1,9 @@
 """Stages: the training environment and the compute it runs on (get-or-create, idempotent).
 
-On the local backend both are this machine and the project's venv: recorded, nothing to
-provision. On Azure they are a versioned Environment and an AmlCompute cluster.
+Which environment and which compute is the backend's own business (its settings say): on the
+local backend both are this machine and the project's venv, recorded, nothing to provision;
+on Azure a versioned Environment built from the profile's image and conda file, and the
+profile's AmlCompute cluster.
 """
 
 from __future__ import annotations
@@ -9,30 +11,9 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from backends import open_workspace
-from backends.workspace import ComputeRef, ComputeSpec, EnvironmentRef, EnvironmentSpec
-from finetune_phi.settings import REPO_ROOT, Profile
+from finetune_phi.settings import Profile
+from finetune_phi.workspace import ComputeRef, EnvironmentRef
 from tasks.retry import retry_if_transient
-
-TRAINING_ENVIRONMENT = "finetune-phi-training"
-CONDA_FILE = REPO_ROOT / "environments" / "training.conda.yml"
-
-
-def environment_spec(profile: Profile) -> EnvironmentSpec:
-    image = getattr(profile.backend, "training_image", "local")
-    return EnvironmentSpec(TRAINING_ENVIRONMENT, image, str(CONDA_FILE), "fine-tuning")
-
-
-def compute_spec(profile: Profile) -> ComputeSpec:
-    backend = profile.backend
-    if backend.kind == "azure":
-        return ComputeSpec(
-            backend.training_compute,
-            backend.training_sku,
-            backend.training_min_nodes,
-            backend.training_max_nodes,
-            backend.idle_seconds_before_scale_down,
-        )
-    return ComputeSpec("local", "this machine", 0, 1, 0)
 
 
 @task(
@@ -43,7 +24,7 @@ def compute_spec(profile: Profile) -> ComputeSpec:
     timeout_seconds=1800,
 )
 def ensure_environment(profile: Profile) -> EnvironmentRef:
-    ref = open_workspace(profile).ensure_environment(environment_spec(profile))
+    ref = open_workspace(profile).jobs.ensure_environment()
     get_run_logger().info("environment %s:%s", ref.name, ref.version)
     return ref
 
@@ -56,6 +37,6 @@ def ensure_environment(profile: Profile) -> EnvironmentRef:
     timeout_seconds=1800,
 )
 def ensure_compute(profile: Profile) -> ComputeRef:
-    ref = open_workspace(profile).ensure_compute(compute_spec(profile))
+    ref = open_workspace(profile).jobs.ensure_compute()
     get_run_logger().info("compute %s (%s)", ref.name, ref.state)
     return ref

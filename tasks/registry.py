@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from prefect import get_run_logger, runtime, task
 
 from backends import open_workspace
-from backends.workspace import ModelVersion
 from finetune_phi.lineage import git_commit
 from finetune_phi.settings import REPO_ROOT, Profile
+from finetune_phi.workspace import ModelVersion
 from tasks.dataset import PreparedDataset
 from tasks.retry import retry_if_transient
 from tasks.training import TrainingResult
@@ -59,8 +59,8 @@ def register_model(
     logger = get_run_logger()
     workspace = open_workspace(profile)
     name = profile.model.registered_name
-    before = {v.version for v in workspace.list_model_versions(name)}
-    version = workspace.register_model(
+    before = {v.version for v in workspace.registry.list_model_versions(name)}
+    version = workspace.registry.register_model(
         name,
         training.model_dir,
         tags=lineage_tags(profile, dataset, training, str(runtime.flow_run.id or "")),

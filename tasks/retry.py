@@ -2,7 +2,7 @@
 
 A timeout, a throttled or unavailable service, a dropped connection: retrying may help. A bad
 request, a missing resource, a failed training job, a rejected rollout: retrying repeats the
-failure and hides it. The classification itself is `backends.workspace.is_transient`, the
+failure and hides it. The classification itself is `finetune_phi.workspace.is_transient`, the
 same one the backends use.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends.workspace import is_transient
+from finetune_phi.workspace import is_transient
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:

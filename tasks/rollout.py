@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger, task
 
 from backends import open_workspace
-from backends.workspace import ModelVersion, NotFound
 from finetune_phi.chat_data.synthetic import FactProbe, fact_probes
 from finetune_phi.rollout import RolloutReport, execute_rollout, plan_rollout
 from finetune_phi.settings import Profile
+from finetune_phi.workspace import ModelVersion, NotFound
 from tasks.retry import retry_if_transient
 
 if TYPE_CHECKING:
@@ -58,11 +58,11 @@ def rollout_model(profile: Profile, model: ModelVersion) -> RolloutReport:
     logger = get_run_logger()
     workspace = open_workspace(profile)
     endpoint = profile.endpoint.name
-    info = workspace.get_or_create_endpoint(endpoint)
+    info = workspace.endpoints.get_or_create_endpoint(endpoint)
     logger.info("endpoint %s at %s", endpoint, info.scoring_uri)
-    deployments = {d.name: d.model for d in workspace.list_deployments(endpoint)}
+    deployments = {d.name: d.model for d in workspace.endpoints.list_deployments(endpoint)}
     plan = plan_rollout(
-        workspace.get_traffic(endpoint),
+        workspace.endpoints.get_traffic(endpoint),
         deployments,
         f"{model.name}:{model.version}",
         profile.rollout,
@@ -72,7 +72,7 @@ def rollout_model(profile: Profile, model: ModelVersion) -> RolloutReport:
     smoke = None
     if profile.smoke.enabled:
         smoke = smoke_check(
-            profile, info.scoring_uri, workspace.get_endpoint_keys(endpoint).primary
+            profile, info.scoring_uri, workspace.endpoints.get_endpoint_keys(endpoint).primary
         )
     return execute_rollout(
         workspace, endpoint, model, plan, profile.rollout, smoke_test=smoke, log=logger.info
@@ -90,6 +90,6 @@ def endpoint_traffic(profile: Profile) -> dict[str, int]:
     """The endpoint's live traffic now (empty when it does not exist yet), for the report."""
     workspace = open_workspace(profile)
     try:
-        return dict(workspace.get_traffic(profile.endpoint.name).traffic)
+        return dict(workspace.endpoints.get_traffic(profile.endpoint.name).traffic)
     except NotFound:
         return {}

@@ -13,9 +13,9 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from backends import open_workspace
-from backends.workspace import ComputeRef, EnvironmentRef, JobRecord, JobStatus, TrainingJobSpec
 from finetune_phi.lineage import training_job_name
 from finetune_phi.settings import Profile
+from finetune_phi.workspace import ComputeRef, EnvironmentRef, JobRecord, JobStatus, TrainingJobSpec
 from tasks.dataset import PreparedDataset
 from tasks.retry import retry_if_transient
 
@@ -91,11 +91,11 @@ def train_model(
     logger = get_run_logger()
     workspace = open_workspace(profile)
     spec = training_job_spec(profile, base_model, dataset, environment, compute)
-    job = workspace.submit_job(spec)
+    job = workspace.jobs.submit_job(spec)
     logger.info("training job %s: %s (%s)", job.name, job.status, job.studio_url)
     if not job.status.is_terminal:
         try:
-            for line in workspace.stream_job_logs(job.name, follow=True):
+            for line in workspace.jobs.stream_job_logs(job.name, follow=True):
                 if line.startswith(SHOWN_PREFIXES):
                     logger.info("%s", line)
         except Exception:
@@ -104,7 +104,7 @@ def train_model(
             # The flow run was cancelled or the worker told to stop: the job goes with it.
             # (A crash of the worker itself leaves the job running for the next run.)
             logger.warning("cancelling training job %s", job.name)
-            workspace.cancel_job(job.name)
+            workspace.jobs.cancel_job(job.name)
             raise
-        job = workspace.get_job(job.name)
+        job = workspace.jobs.get_job(job.name)
     return result_of(job)

@@ -26,10 +26,10 @@ from profiles import small_profile_file
 
 from backends.local.endpoint.state import DeploymentRecord, EndpointStore
 from backends.local.workspace import LocalWorkspace
-from backends.workspace import CHAMPION, ModelVersion, TrafficState
 from cli.main import main
 from finetune_phi.lineage import training_job_name
 from finetune_phi.settings import load_profile
+from finetune_phi.workspace import CHAMPION, ModelVersion, TrafficState
 
 MODEL = "phi3-chat"
 ENDPOINT = "phi3-chat-local"  # the local profile's endpoint.name
@@ -223,7 +223,7 @@ def register(workspace: LocalWorkspace, folder: Path, number: int, **tags: str) 
         "eval_loss": f"{3.0 - number / 10:.6g}",
         "job_id": f"ft-job-{number}",
     }
-    return workspace.register_model(
+    return workspace.registry.register_model(
         MODEL, str(model_dir), tags={**lineage, **tags}, job_name=f"ft-job-{number}"
     )
 
@@ -258,7 +258,7 @@ def registry_state(
     register(workspace, tmp_path / "models", 1, gate="promoted", gate_eval_loss="2.95")
     register(workspace, tmp_path / "models", 2, gate="promoted", gate_eval_loss="2.81")
     register(workspace, tmp_path / "models", 3, gate="rejected", gate_eval_loss="3.5")
-    workspace.set_model_alias(MODEL, CHAMPION, "2")
+    workspace.registry.set_model_alias(MODEL, CHAMPION, "2")
     endpoint_on_disk(
         workspace.layout.root,
         ENDPOINT,
@@ -323,16 +323,17 @@ def test_rollback_moves_traffic_and_champion_to_the_other_colour(
     code, _, err = cli(capsys, "endpoint", "rollback", *where)
     assert code == 1 and one_line_error(err)
     assert "'blue' is not ready" in err and "endpoint up" in err and "--force" in err
-    assert workspace.get_traffic(ENDPOINT) == TrafficState({"blue": 0, "green": 100}, {})
+    assert workspace.endpoints.get_traffic(ENDPOINT) == TrafficState({"blue": 0, "green": 100}, {})
 
     code, out, err = cli(capsys, "endpoint", "rollback", "--force", *where)
     assert code == 0, err
     assert "rolled back endpoint phi3-chat-local: traffic {'blue': 0, 'green': 100} -> " in out
     assert "champion phi3-chat: 2 -> 1" in out
-    assert workspace.get_traffic(ENDPOINT).live == {"blue": 100}
-    assert workspace.get_model_by_alias(MODEL, CHAMPION).version == "1"
+    assert workspace.endpoints.get_traffic(ENDPOINT).live == {"blue": 100}
+    assert workspace.registry.get_model_by_alias(MODEL, CHAMPION).version == "1"
     assert (
-        "traffic moved to blue (phi3-chat:1)" in workspace.get_model(MODEL, "2").tags["rolled_back"]
+        "traffic moved to blue (phi3-chat:1)"
+        in workspace.registry.get_model(MODEL, "2").tags["rolled_back"]
     )
 
     code, out, _ = cli(capsys, "models", *where)
@@ -348,8 +349,8 @@ def test_rollback_moves_traffic_and_champion_to_the_other_colour(
 
     # Rolling back again rolls forward; asking for the colour that has everything is a no-op.
     code, out, _ = cli(capsys, "endpoint", "rollback", "--force", *where)
-    assert code == 0 and workspace.get_traffic(ENDPOINT).live == {"green": 100}
-    assert workspace.get_model_by_alias(MODEL, CHAMPION).version == "2"
+    assert code == 0 and workspace.endpoints.get_traffic(ENDPOINT).live == {"green": 100}
+    assert workspace.registry.get_model_by_alias(MODEL, CHAMPION).version == "2"
     code, out, _ = cli(capsys, "endpoint", "rollback", "--deployment", "green", *where)
     assert code == 0 and "nothing to do" in out
 
@@ -379,8 +380,8 @@ def test_rollback_says_when_there_is_nothing_to_roll_back_to(
 
 
 def test_rollback_target_of_a_split_is_the_champions_deployment() -> None:
-    from backends.workspace import DeploymentInfo
     from cli.endpoint import NothingToRollBack, rollback_target
+    from finetune_phi.workspace import DeploymentInfo
 
     deployments = {
         "blue": DeploymentInfo(ENDPOINT, "blue", f"{MODEL}:1", "Succeeded", True),
@@ -435,28 +436,33 @@ def test_run_then_roll_back_the_live_endpoint(
     # with rollout.keep_previous, blue stays at 0% for an instant rollback.
     from finetune_phi.rollout import execute_rollout, plan_rollout
 
-    first = workspace.get_model_by_alias(MODEL, CHAMPION)
-    files = workspace.download_model(MODEL, first.version, tmp_path / "downloads")
-    second = workspace.register_model(MODEL, str(files), tags={"case": "v2"}, job_name="v2")
+    first = workspace.registry.get_model_by_alias(MODEL, CHAMPION)
+    files = workspace.registry.download_model(MODEL, first.version, tmp_path / "downloads")
+    second = workspace.registry.register_model(
+        MODEL, str(files), tags={"case": "v2"}, job_name="v2"
+    )
     settings = load_profile(str(profile), environ={}).rollout
-    deployments = {d.name: d.model for d in workspace.list_deployments(ENDPOINT)}
+    deployments = {d.name: d.model for d in workspace.endpoints.list_deployments(ENDPOINT)}
     plan = plan_rollout(
-        workspace.get_traffic(ENDPOINT), deployments, f"{MODEL}:{second.version}", settings
+        workspace.endpoints.get_traffic(ENDPOINT),
+        deployments,
+        f"{MODEL}:{second.version}",
+        settings,
     )
     execute_rollout(workspace, ENDPOINT, second, plan, settings, log=lambda _: None)
-    assert workspace.get_traffic(ENDPOINT).live == {"green": 100}
-    assert {d.name for d in workspace.list_deployments(ENDPOINT)} == {"blue", "green"}
+    assert workspace.endpoints.get_traffic(ENDPOINT).live == {"green": 100}
+    assert {d.name for d in workspace.endpoints.list_deployments(ENDPOINT)} == {"blue", "green"}
 
     code, out, err = cli(capsys, "endpoint", "rollback", *where)  # blue is up: no --force
     assert code == 0, err
     assert "champion phi3-chat: 2 -> 1" in out
-    assert workspace.get_traffic(ENDPOINT).live == {"blue": 100}
-    assert workspace.get_model_by_alias(MODEL, CHAMPION).version == "1"
+    assert workspace.endpoints.get_traffic(ENDPOINT).live == {"blue": 100}
+    assert workspace.registry.get_model_by_alias(MODEL, CHAMPION).version == "1"
     question = {"input_data": ["Who founded Microsoft?"], "params": {"max_new_tokens": 4}}
-    assert workspace.invoke(ENDPOINT, question)[0].startswith("Who founded Microsoft?")
+    assert workspace.endpoints.invoke(ENDPOINT, question)[0].startswith("Who founded Microsoft?")
 
     assert cli(capsys, "endpoint", "down", *where)[0] == 0
     status = yaml.safe_load(cli(capsys, "endpoint", "status", *where)[1])
     assert not status["front"]["alive"]
     assert cli(capsys, "endpoint", "up", *where)[0] == 0
-    assert workspace.invoke(ENDPOINT, question)[0].startswith("Who founded Microsoft?")
+    assert workspace.endpoints.invoke(ENDPOINT, question)[0].startswith("Who founded Microsoft?")

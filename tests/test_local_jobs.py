@@ -16,8 +16,8 @@ import pytest
 from profiles import FAST_TRAINING
 
 from backends.local.jobs import LocalJobs
-from backends.workspace import JobStatus, NotFound, TrainingJobSpec
 from finetune_phi.state import StateLayout
+from finetune_phi.workspace import JobStatus, NotFound, TrainingJobSpec
 from trainer.config import RunOptions
 from trainer.fine_tune import FAULT_ENV
 

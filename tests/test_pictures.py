@@ -88,7 +88,6 @@ def test_fine_tune_writes_loss_curves_and_logs_them_to_mlflow(
 def test_run_report_links_the_loss_curves_and_the_gate_chart(
     trained: tuple[Path, dict[str, Any], str], tmp_path: Path
 ) -> None:
-    from backends.workspace import ModelVersion
     from finetune_phi.chat_data import prepare_dataset
     from finetune_phi.evaluation import Evaluation, gate_decision
     from finetune_phi.report import (
@@ -98,6 +97,7 @@ def test_run_report_links_the_loss_curves_and_the_gate_chart(
         summary_lines,
     )
     from finetune_phi.settings import load_profile
+    from finetune_phi.workspace import ModelVersion
     from flows.finetune import PipelineResult
     from tasks.dataset import PreparedDataset
     from tasks.training import TrainingResult
@@ -157,10 +157,10 @@ def test_gate_chart_without_a_champion_or_facts(tmp_path: Path) -> None:
 
 
 def test_traffic_chart_follows_the_planned_steps(tmp_path: Path) -> None:
-    from backends.workspace import TrafficState
     from finetune_phi.report import traffic_stages, write_traffic_chart
     from finetune_phi.rollout import RolloutReport, plan_rollout
     from finetune_phi.settings import RolloutSettings
+    from finetune_phi.workspace import TrafficState
 
     plan = plan_rollout(
         TrafficState({"blue": 100}),

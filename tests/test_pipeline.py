@@ -13,10 +13,10 @@ from prefect.logging import disable_run_logger
 from profiles import small_profile_file
 
 from backends.local.workspace import LocalWorkspace
-from backends.workspace import CHAMPION
 from finetune_phi.settings import load_profile
 from finetune_phi.state import StateLayout
 from finetune_phi.tracking import client
+from finetune_phi.workspace import CHAMPION
 from tasks.dataset import chat_token_counter, prepare_dataset_task
 
 pytestmark = pytest.mark.slow
@@ -80,7 +80,7 @@ def test_flow_promotes_then_is_up_to_date_then_rejects_a_worse_candidate(
     # The registry's copy of the files lives in the state folder, nowhere else.
     assert version.source.startswith(layout.mlflow_artifacts_dir.as_uri())
     assert version.aliases == ["champion"]
-    answer = workspace.invoke(
+    answer = workspace.endpoints.invoke(
         "phi3-chat-local", {"input_data": ["Who founded Microsoft?"], "params": {}}
     )
     assert isinstance(answer, list) and answer[0].startswith("Who founded Microsoft?")
@@ -93,7 +93,7 @@ def test_flow_promotes_then_is_up_to_date_then_rejects_a_worse_candidate(
     assert again.rollout.plan.new_deployment is None
     log = (Path(first.training.job_dir) / "train.log").read_text()
     assert log.count("--- attempt") == 1
-    assert len(workspace.list_model_versions(model.name)) == 1
+    assert len(workspace.registry.list_model_versions(model.name)) == 1
 
     # 3. A deliberately worse candidate (a learning rate too small to learn anything): the
     # gate keeps the champion, the candidate is recorded as rejected, traffic is untouched.
@@ -102,11 +102,11 @@ def test_flow_promotes_then_is_up_to_date_then_rejects_a_worse_candidate(
     assert worse.gate.champion is not None
     assert worse.gate.candidate.eval_loss > worse.gate.champion.eval_loss
     assert "not promoted: eval loss" in worse.gate.reason
-    rejected = workspace.get_model(model.name, worse.model.version)
+    rejected = workspace.registry.get_model(model.name, worse.model.version)
     assert rejected.tags["gate"] == "rejected" and CHAMPION not in rejected.aliases
-    assert workspace.get_model_by_alias(model.name, CHAMPION).version == model.version
-    assert workspace.get_traffic("phi3-chat-local").traffic == {"blue": 100}
-    assert [d.name for d in workspace.list_deployments("phi3-chat-local")] == ["blue"]
+    assert workspace.registry.get_model_by_alias(model.name, CHAMPION).version == model.version
+    assert workspace.endpoints.get_traffic("phi3-chat-local").traffic == {"blue": 100}
+    assert [d.name for d in workspace.endpoints.list_deployments("phi3-chat-local")] == ["blue"]
 
     # The report says what happened, in each of the three endings.
     from finetune_phi.report import report_markdown, report_rows, summary_lines
@@ -150,18 +150,18 @@ def test_a_rolled_back_candidate_is_not_promoted_again_by_a_rerun(
     first = finetune_pipeline(profile=profile_file)
     second = finetune_pipeline(profile=profile_file, training={"max_steps": 8})
     assert (first.status, second.status) == ("promoted", "promoted")
-    assert workspace.get_traffic(endpoint).live == {"green": 100}
-    assert workspace.get_model_by_alias(first.model.name, CHAMPION).version == "2"
+    assert workspace.endpoints.get_traffic(endpoint).live == {"green": 100}
+    assert workspace.registry.get_model_by_alias(first.model.name, CHAMPION).version == "2"
 
     assert cli_main(["endpoint", "rollback", "--profile", profile_file]) == 0
     assert "champion phi3-chat: 2 -> 1" in capsys.readouterr().out
-    assert workspace.get_traffic(endpoint).live == {"blue": 100}
+    assert workspace.endpoints.get_traffic(endpoint).live == {"blue": 100}
 
     rerun = finetune_pipeline(profile=profile_file, training={"max_steps": 8})
     assert rerun.status == "not promoted"
     assert rerun.model.version == "2"  # the same job, the same registered version
     assert rerun.training.job_name == second.training.job_name
     assert "an operator rolled this version back" in rerun.gate.reason
-    assert workspace.get_traffic(endpoint).live == {"blue": 100}
-    assert workspace.get_model_by_alias(first.model.name, CHAMPION).version == "1"
-    assert workspace.get_model(first.model.name, "2").tags["gate"] != "promoted"
+    assert workspace.endpoints.get_traffic(endpoint).live == {"blue": 100}
+    assert workspace.registry.get_model_by_alias(first.model.name, CHAMPION).version == "1"
+    assert workspace.registry.get_model(first.model.name, "2").tags["gate"] != "promoted"

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from backends.local.workspace import LocalWorkspace
-from backends.workspace import CHALLENGER, CHAMPION, ModelVersion, TrafficState
 from finetune_phi.rollout import RolloutFailed, execute_rollout, plan_rollout
 from finetune_phi.settings import RolloutSettings
+from finetune_phi.workspace import CHALLENGER, CHAMPION, ModelVersion, TrafficState
 
 pytestmark = pytest.mark.slow
 
@@ -78,16 +78,21 @@ def versions(
     (broken / "README").write_text("not a model\n")
     sources = {"v1": good, "v2": good, "broken": broken, "short": short}
     return {
-        key: workspace.register_model(MODEL, str(path), tags={"case": key}, job_name=f"job-{key}")
+        key: workspace.registry.register_model(
+            MODEL, str(path), tags={"case": key}, job_name=f"job-{key}"
+        )
         for key, path in sources.items()
     }
 
 
 def roll_out(workspace: LocalWorkspace, model: ModelVersion):
-    workspace.get_or_create_endpoint(ENDPOINT)
-    deployments = {d.name: d.model for d in workspace.list_deployments(ENDPOINT)}
+    workspace.endpoints.get_or_create_endpoint(ENDPOINT)
+    deployments = {d.name: d.model for d in workspace.endpoints.list_deployments(ENDPOINT)}
     plan = plan_rollout(
-        workspace.get_traffic(ENDPOINT), deployments, f"{model.name}:{model.version}", SETTINGS
+        workspace.endpoints.get_traffic(ENDPOINT),
+        deployments,
+        f"{model.name}:{model.version}",
+        SETTINGS,
     )
     return execute_rollout(workspace, ENDPOINT, model, plan, SETTINGS, log=lambda _: None)
 
@@ -98,9 +103,9 @@ def test_1_first_rollout_on_an_empty_endpoint(
     report = roll_out(workspace, versions["v1"])
 
     assert report.final_traffic == {"blue": 100}
-    assert workspace.get_model_by_alias(MODEL, CHAMPION).version == versions["v1"].version
-    assert workspace.get_model_by_alias(MODEL, CHALLENGER) is None
-    answer = workspace.invoke(ENDPOINT, TUTORIAL_REQUEST)
+    assert workspace.registry.get_model_by_alias(MODEL, CHAMPION).version == versions["v1"].version
+    assert workspace.registry.get_model_by_alias(MODEL, CHALLENGER) is None
+    answer = workspace.endpoints.invoke(ENDPOINT, TUTORIAL_REQUEST)
     assert isinstance(answer, list) and answer[0].startswith("Who founded Microsoft?")
 
 
@@ -117,8 +122,8 @@ def test_2_new_version_shifts_traffic_in_steps_and_retires_the_old_colour(
         "rollout: traffic {'green': 100, 'blue': 0}",
     ]
     assert any("mirrored 50%" in e for e in report.events)
-    assert [d.name for d in workspace.list_deployments(ENDPOINT)] == ["green"]
-    assert workspace.get_model_by_alias(MODEL, CHAMPION).version == versions["v2"].version
+    assert [d.name for d in workspace.endpoints.list_deployments(ENDPOINT)] == ["green"]
+    assert workspace.registry.get_model_by_alias(MODEL, CHAMPION).version == versions["v2"].version
     # The front counted the mirrored copies on green while blue answered.
     metrics = workspace.endpoints.status(ENDPOINT)
     assert json.dumps(metrics)  # status is plain data (no keys inside)
@@ -128,17 +133,17 @@ def test_2_new_version_shifts_traffic_in_steps_and_retires_the_old_colour(
 def test_3_failed_rollout_restores_traffic_and_removes_the_new_deployment(
     workspace: LocalWorkspace, versions: dict[str, ModelVersion], case: str, stage: str
 ) -> None:
-    before = workspace.get_traffic(ENDPOINT)
+    before = workspace.endpoints.get_traffic(ENDPOINT)
     assert before == TrafficState({"green": 100}, {})
 
     with pytest.raises(RolloutFailed, match=f"failed at {stage}"):
         roll_out(workspace, versions[case])
 
-    assert workspace.get_traffic(ENDPOINT) == before
-    assert [d.name for d in workspace.list_deployments(ENDPOINT)] == ["green"]
-    assert workspace.get_model_by_alias(MODEL, CHAMPION).version == versions["v2"].version
-    assert workspace.get_model_by_alias(MODEL, CHALLENGER) is None
-    answer = workspace.invoke(ENDPOINT, TUTORIAL_REQUEST)  # live traffic never noticed
+    assert workspace.endpoints.get_traffic(ENDPOINT) == before
+    assert [d.name for d in workspace.endpoints.list_deployments(ENDPOINT)] == ["green"]
+    assert workspace.registry.get_model_by_alias(MODEL, CHAMPION).version == versions["v2"].version
+    assert workspace.registry.get_model_by_alias(MODEL, CHALLENGER) is None
+    answer = workspace.endpoints.invoke(ENDPOINT, TUTORIAL_REQUEST)  # live traffic never noticed
     assert answer[0].startswith("Who founded Microsoft?")
 
 
@@ -164,14 +169,14 @@ def test_4_endpoint_commands_inspect_and_steer_the_live_endpoint(
 
     code, _, err = run("traffic", "green=60")  # Azure's rule: live traffic sums to 100
     assert code == 1 and "100" in err
-    assert workspace.get_traffic(ENDPOINT).traffic == {"green": 100}
+    assert workspace.endpoints.get_traffic(ENDPOINT).traffic == {"green": 100}
 
-    old = workspace.get_endpoint_keys(ENDPOINT).secondary
+    old = workspace.endpoints.get_endpoint_keys(ENDPOINT).secondary
     code, out, _ = run("keys", "--rotate", "secondary")
     assert code == 0 and old not in out  # rotating does not print keys
-    assert workspace.get_endpoint_keys(ENDPOINT).secondary != old
+    assert workspace.endpoints.get_endpoint_keys(ENDPOINT).secondary != old
     code, out, _ = run("keys")
-    assert workspace.get_endpoint_keys(ENDPOINT).primary not in out
+    assert workspace.endpoints.get_endpoint_keys(ENDPOINT).primary not in out
 
     code, out, _ = run("logs", "--deployment", "green", "--lines", "5")
     assert code == 0 and "POST /score 200" in out
@@ -179,5 +184,5 @@ def test_4_endpoint_commands_inspect_and_steer_the_live_endpoint(
     assert run("stop")[0] == 0
     assert not yaml.safe_load(run("status")[1])["front"]["alive"]
     assert run("start")[0] == 0  # comes back serving the same way
-    assert workspace.get_traffic(ENDPOINT).traffic == {"green": 100}
-    assert workspace.invoke(ENDPOINT, TUTORIAL_REQUEST)[0].startswith("Who founded")
+    assert workspace.endpoints.get_traffic(ENDPOINT).traffic == {"green": 100}
+    assert workspace.endpoints.invoke(ENDPOINT, TUTORIAL_REQUEST)[0].startswith("Who founded")

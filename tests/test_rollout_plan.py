@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from backends.workspace import TrafficState
 from finetune_phi.rollout import RolloutPlanError, plan_rollout, split_remainder
 from finetune_phi.settings import RolloutSettings
+from finetune_phi.workspace import TrafficState
 
 STEPS = RolloutSettings(traffic_steps=(10, 50, 100))
 

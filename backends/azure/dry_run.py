@@ -17,16 +17,16 @@ from typing import Any
 import yaml
 
 from backends.azure import entities
-from backends.workspace import (
+from finetune_phi.lineage import training_job_name
+from finetune_phi.rollout import plan_rollout
+from finetune_phi.settings import REPO_ROOT, AzureBackendSettings, Profile
+from finetune_phi.workspace import (
     DeploymentSpec,
     EnvironmentRef,
     ModelVersion,
     TrafficState,
     TrainingJobSpec,
 )
-from finetune_phi.lineage import training_job_name
-from finetune_phi.rollout import plan_rollout
-from finetune_phi.settings import REPO_ROOT, AzureBackendSettings, Profile
 
 PLACEHOLDER_SHA256 = "0" * 64
 EXPERIMENT = "finetune-phi"  # tasks.training.EXPERIMENT (not imported: it pulls in Prefect)

@@ -40,9 +40,9 @@ from azure.ai.ml.entities import (
 )
 from azure.ai.ml.entities._job.distribution import PyTorchDistribution
 
-from backends.workspace import ComputeSpec, DeploymentSpec, EnvironmentRef, TrainingJobSpec
 from finetune_phi.settings import REPO_ROOT, AzureBackendSettings
 from finetune_phi.telemetry import TELEMETRY_OFF
+from finetune_phi.workspace import ComputeSpec, DeploymentSpec, EnvironmentRef, TrainingJobSpec
 
 DATASTORE = "workspaceblobstore"  # the workspace's default blob datastore
 MODEL_OUTPUT = "model"  # the job output holding mlflow_model/, metrics.json, checkpoints/

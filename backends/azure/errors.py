@@ -2,7 +2,7 @@
 
 Every call the Azure backend makes goes through `azure_call`, so the decision "is retrying this
 worth it?" is made here and nowhere else; the tasks' retry conditions read it back through
-`backends.workspace.is_transient`.
+`finetune_phi.workspace.is_transient`.
 
 Transient (a later identical call may succeed):
 - HTTP 408, 429 (throttling; the service's `Retry-After` is kept on the error), 5xx;
@@ -37,7 +37,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-from backends.workspace import NotFound, RuleViolation, WorkspaceError
+from finetune_phi.workspace import NotFound, RuleViolation, WorkspaceError
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _QUOTA = re.compile(r"quota", re.IGNORECASE)

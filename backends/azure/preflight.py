@@ -20,7 +20,7 @@ from typing import Any
 
 from backends.azure.errors import classify
 from backends.azure.workspace import AzureWorkspace
-from backends.workspace import NotFound, WorkspaceError
+from finetune_phi.workspace import NotFound, WorkspaceError
 
 ENDPOINT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]")
 MANAGEMENT_SCOPE = "https://management.azure.com/.default"
@@ -58,7 +58,7 @@ def run_preflight(workspace: AzureWorkspace, endpoint_name: str) -> list[Check]:
     )
 
     try:
-        workspace.credential.get_token(MANAGEMENT_SCOPE)
+        workspace.connection.credential.get_token(MANAGEMENT_SCOPE)
     except Exception as exc:
         checks.append(
             Check(
@@ -71,7 +71,7 @@ def run_preflight(workspace: AzureWorkspace, endpoint_name: str) -> list[Check]:
         return checks
     checks.append(Check("credential", True, "a management token was issued"))
 
-    ml = workspace.ml_client
+    ml = workspace.connection.ml_client
     try:
         found = ml.workspaces.get(s.workspace)
     except Exception as exc:
@@ -175,7 +175,7 @@ def _endpoint_check(workspace: AzureWorkspace, name: str) -> Check:
             "starting with a letter, not ending with '-' (set endpoint.name)",
         )
     try:
-        endpoint = workspace.ml_client.online_endpoints.get(name)
+        endpoint = workspace.connection.ml_client.online_endpoints.get(name)
     except Exception as exc:
         error = classify(exc, f"endpoint {name}")
         if isinstance(error, NotFound):

@@ -1,4 +1,5 @@
-"""`AzureWorkspace`: the Workspace protocol on Azure ML, through azure-ai-ml SDK v2.
+"""`AzureWorkspace`: the workspace protocols on Azure ML, through azure-ai-ml SDK v2: three
+parts (`AzureJobs`, `AzureRegistry`, `AzureEndpoints`) on one `AzureConnection`.
 
 What maps to what (the local backend's behaviour, Azure's way):
 - environments: versioned by a hash of image + conda spec (`entities.build_environment`);
@@ -38,10 +39,10 @@ import requests
 
 from backends.azure import entities
 from backends.azure.errors import AzureWorkspaceError, azure_call, status_of
-from backends.workspace import (
+from finetune_phi.settings import REPO_ROOT, AzureBackendSettings
+from finetune_phi.workspace import (
     DEPLOYMENT_HEADER,
     ComputeRef,
-    ComputeSpec,
     DeploymentInfo,
     DeploymentSpec,
     EndpointInfo,
@@ -56,8 +57,8 @@ from backends.workspace import (
     TrafficState,
     TrainingJobSpec,
     WorkspaceError,
+    scoring_error,
 )
-from finetune_phi.settings import REPO_ROOT, AzureBackendSettings
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,10 @@ def _job_status(raw: str | None) -> JobStatus:
         return JobStatus.UNKNOWN
 
 
-class AzureWorkspace:
-    """The Workspace protocol against one Azure ML workspace (see the module doc).
+class AzureConnection:
+    """What the three parts share: the settings, the credential, one `MLClient`, the HTTP
+    session for scoring, and reading blobs from the workspace's datastores. Everything is
+    built on first use, so a dry run or `--help` never needs Azure.
 
     Args:
         settings: the profile's `backend` section (subscription, resource group, workspace...).
@@ -102,8 +105,6 @@ class AzureWorkspace:
         sleep: how the job poller waits (tests pass a fake clock).
         http: the requests session `invoke` uses for scoring calls.
     """
-
-    kind = "azure"
 
     def __init__(
         self,
@@ -125,13 +126,10 @@ class AzureWorkspace:
         self._sleep = sleep
         self._http = http
         self._code_staging_dir = code_staging_dir
-        self._scoring: dict[str, tuple[str, str, float]] = {}  # endpoint -> (uri, key, when)
 
     def __repr__(self) -> str:
         s = self.settings
-        return f"AzureWorkspace({s.subscription_id}/{s.resource_group}/{s.workspace})"
-
-    # ------------------------------------------------------------------ clients
+        return f"AzureConnection({s.subscription_id}/{s.resource_group}/{s.workspace})"
 
     @property
     def credential(self) -> Any:
@@ -179,25 +177,27 @@ class AzureWorkspace:
             packages, repo_root=self.repo_root, staging_root=self._code_staging_dir
         )
 
-    # ------------------------------------------------------------------ environments, compute
+    def _datastore_blob(self, datastore: str, blob: str, offset: int = 0) -> bytes | None:
+        """Bytes of `blob` from `offset` in a datastore's container; None if it is not there.
+        Authenticates as the SDK does for uploads (datastore SAS/key, else the credential)."""
+        from azure.ai.ml._artifacts._artifact_utilities import get_datastore_info
+        from azure.storage.blob import ContainerClient
 
-    def training_environment_spec(self) -> EnvironmentSpec:
-        s = self.settings
-        return EnvironmentSpec(
-            s.training_environment,
-            s.training_image,
-            str(self.repo_root / s.training_conda_file),
-            "finetune-phi training: trainer/fine_tune.py",
-        )
-
-    def inference_environment_spec(self) -> EnvironmentSpec:
-        s = self.settings
-        return EnvironmentSpec(
-            s.inference_environment,
-            s.inference_image,
-            str(self.repo_root / s.inference_conda_file),
-            "finetune-phi inference: serving/score.py under azmlinfsrv",
-        )
+        ml = self.ml_client
+        try:
+            with azure_call(f"read {datastore}/{blob}"):
+                info = get_datastore_info(ml.datastores, datastore)
+                container = ContainerClient(
+                    info["account_url"], info["container_name"], credential=info["credential"]
+                )
+                client = container.get_blob_client(blob)
+                size = client.get_blob_properties().size
+                if offset >= size:
+                    return b""
+                data: bytes = client.download_blob(offset=offset).readall()
+                return data
+        except NotFound:
+            return None
 
     def ensure_environment(self, spec: EnvironmentSpec) -> EnvironmentRef:
         """The version named by the spec's content hash; created only if it does not exist."""
@@ -218,9 +218,59 @@ class AzureWorkspace:
         log.info("created environment %s:%s", created.name, created.version)
         return EnvironmentRef(created.name, str(created.version))
 
-    def ensure_compute(self, spec: ComputeSpec) -> ComputeRef:
+
+class _AzurePart:
+    """One part of the workspace, on a shared connection."""
+
+    def __init__(self, connection: AzureConnection) -> None:
+        self.connection = connection
+
+    @property
+    def settings(self) -> AzureBackendSettings:
+        return self.connection.settings
+
+    @property
+    def repo_root(self) -> Path:
+        return self.connection.repo_root
+
+    @property
+    def ml_client(self) -> Any:
+        return self.connection.ml_client
+
+    @property
+    def http(self) -> requests.Session:
+        return self.connection.http
+
+    def _sleep(self, seconds: float) -> None:
+        self.connection._sleep(seconds)
+
+    def _stage(self, *packages: str) -> Path:
+        return self.connection._stage(*packages)
+
+    def _datastore_blob(self, datastore: str, blob: str, offset: int = 0) -> bytes | None:
+        return self.connection._datastore_blob(datastore, blob, offset)
+
+
+class AzureJobs(_AzurePart):
+    """Training jobs: environment, compute cluster, command jobs and their logs."""
+
+    def training_environment_spec(self) -> EnvironmentSpec:
+        s = self.settings
+        return EnvironmentSpec(
+            s.training_environment,
+            s.training_image,
+            str(self.repo_root / s.training_conda_file),
+            "finetune-phi training: trainer/fine_tune.py",
+        )
+
+    def ensure_environment(self) -> EnvironmentRef:
+        """The training environment the profile names, created if that version is missing."""
+        return self.connection.ensure_environment(self.training_environment_spec())
+
+    def ensure_compute(self) -> ComputeRef:
         """Get the cluster, or create it (min nodes 0: nothing is billed while idle). An
         existing cluster is used as it is: resizing a shared cluster is a person's decision."""
+        spec = entities.training_compute_spec(self.settings)
         ops = self.ml_client.compute
         try:
             with azure_call(f"get compute {spec.name}"):
@@ -233,8 +283,6 @@ class AzureWorkspace:
                 entities.build_compute(spec, self.settings)
             ).result()
         return ComputeRef(created.name, _text(created.provisioning_state))
-
-    # ------------------------------------------------------------------ jobs
 
     def _studio_url(self, job: Any) -> str | None:
         services = getattr(job, "services", None) or {}
@@ -297,10 +345,8 @@ class AzureWorkspace:
                     f"job {spec.name}: {entities.MAX_ATTEMPTS} attempts failed; see "
                     f"{self._studio_url(existing)}"
                 )
-        environment = spec.environment or self.ensure_environment(self.training_environment_spec())
-        compute = (
-            spec.compute or self.ensure_compute(entities.training_compute_spec(self.settings)).name
-        )
+        environment = spec.environment or self.ensure_environment()
+        compute = spec.compute or self.ensure_compute().name
         job = entities.build_job(
             spec,
             job_name=name,
@@ -328,28 +374,6 @@ class AzureWorkspace:
         if job is None:
             raise NotFound(f"no Azure ML job named {name!r}")
         return self._record(job)
-
-    def _datastore_blob(self, datastore: str, blob: str, offset: int = 0) -> bytes | None:
-        """Bytes of `blob` from `offset` in a datastore's container; None if it is not there.
-        Authenticates as the SDK does for uploads (datastore SAS/key, else the credential)."""
-        from azure.ai.ml._artifacts._artifact_utilities import get_datastore_info
-        from azure.storage.blob import ContainerClient
-
-        ml = self.ml_client
-        try:
-            with azure_call(f"read {datastore}/{blob}"):
-                info = get_datastore_info(ml.datastores, datastore)
-                container = ContainerClient(
-                    info["account_url"], info["container_name"], credential=info["credential"]
-                )
-                client = container.get_blob_client(blob)
-                size = client.get_blob_properties().size
-                if offset >= size:
-                    return b""
-                data: bytes = client.download_blob(offset=offset).readall()
-                return data
-        except NotFound:
-            return None
 
     def _read_metrics(self, logical_name: str) -> dict[str, Any]:
         import json
@@ -434,7 +458,9 @@ class AzureWorkspace:
             if all((job.tags or {}).get(k) == v for k, v in tags.items())
         ]
 
-    # ------------------------------------------------------------------ models
+
+class AzureRegistry(_AzurePart):
+    """The workspace's model registry; aliases are version tags `alias.<name>=true`."""
 
     @staticmethod
     def _model_version(model: Any) -> ModelVersion:
@@ -566,7 +592,22 @@ class AzureWorkspace:
             if (model.tags or {}).get(_alias_tag(alias)):
                 self._retag(model, alias, False)
 
-    # ------------------------------------------------------------------ endpoints
+
+class AzureEndpoints(_AzurePart):
+    """A managed online endpoint: deployments, traffic, keys and scoring."""
+
+    def __init__(self, connection: AzureConnection) -> None:
+        super().__init__(connection)
+        self._scoring: dict[str, tuple[str, str, float]] = {}  # endpoint -> (uri, key, when)
+
+    def inference_environment_spec(self) -> EnvironmentSpec:
+        s = self.settings
+        return EnvironmentSpec(
+            s.inference_environment,
+            s.inference_image,
+            str(self.repo_root / s.inference_conda_file),
+            "finetune-phi inference: serving/score.py under azmlinfsrv",
+        )
 
     def _raw_endpoint(self, name: str) -> Any:
         with azure_call(f"get endpoint {name}"):
@@ -601,8 +642,6 @@ class AzureWorkspace:
             keys = self.ml_client.online_endpoints.get_keys(name)
         return EndpointKeys(primary=keys.primary_key, secondary=keys.secondary_key)
 
-    # ------------------------------------------------------------------ deployments
-
     @staticmethod
     def _deployment_info(endpoint: str, deployment: Any) -> DeploymentInfo:
         state = _text(deployment.provisioning_state) or "Unknown"
@@ -625,7 +664,7 @@ class AzureWorkspace:
         from backends.local.endpoint.rules import validate_name
 
         validate_name("deployment", spec.name)
-        environment = self.ensure_environment(self.inference_environment_spec())
+        environment = self.connection.ensure_environment(self.inference_environment_spec())
         deployment = entities.build_deployment(
             spec,
             environment=environment,
@@ -684,8 +723,6 @@ class AzureWorkspace:
             text = self.ml_client.online_deployments.get_logs(name, endpoint, lines)
         return str(text or "")
 
-    # ------------------------------------------------------------------ traffic
-
     def get_traffic(self, endpoint: str) -> TrafficState:
         raw = self._raw_endpoint(endpoint)
         return TrafficState(
@@ -702,8 +739,6 @@ class AzureWorkspace:
         with azure_call(f"set traffic of {endpoint}", rules=True):
             self.ml_client.online_endpoints.begin_create_or_update(raw).result()
         return self.get_traffic(endpoint)
-
-    # ------------------------------------------------------------------ scoring
 
     def _scoring_target(self, endpoint: str, *, refresh: bool = False) -> tuple[str, str]:
         cached = self._scoring.get(endpoint)
@@ -737,14 +772,9 @@ class AzureWorkspace:
                 continue
             break
         if response.status_code >= 400:
-            message = (
-                f"{target}endpoint {endpoint!r} answered {response.status_code}: "
-                f"{response.text[:2000]}"
+            raise scoring_error(
+                endpoint, response.status_code, response.text, deployment=deployment
             )
-            if response.status_code == 404:
-                raise NotFound(message)
-            transient = response.status_code >= 500 or response.status_code in (408, 429)
-            raise AzureWorkspaceError(message, transient=transient, status=response.status_code)
         try:
             return response.json()
         except ValueError as exc:
@@ -752,3 +782,24 @@ class AzureWorkspace:
                 f"{target}endpoint {endpoint!r} answered {response.status_code} with a body that "
                 f"is not JSON: {response.text[:200]!r}"
             ) from exc
+
+
+class AzureWorkspace:
+    """The workspace protocols against one Azure ML workspace (see the module doc): three
+    parts on one connection. Arguments: as `AzureConnection`'s."""
+
+    kind = "azure"
+
+    def __init__(self, settings: AzureBackendSettings, **connection: Any) -> None:
+        self.connection = AzureConnection(settings, **connection)
+        self.jobs = AzureJobs(self.connection)
+        self.registry = AzureRegistry(self.connection)
+        self.endpoints = AzureEndpoints(self.connection)
+
+    @property
+    def settings(self) -> AzureBackendSettings:
+        return self.connection.settings
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"AzureWorkspace({s.subscription_id}/{s.resource_group}/{s.workspace})"

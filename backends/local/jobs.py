@@ -29,9 +29,16 @@ import yaml
 
 from backends.local.launcher import EXIT_FILE
 from backends.local.processes import read_cmdline
-from backends.workspace import JobRecord, JobStatus, NotFound, TrainingJobSpec
 from finetune_phi.state import StateLayout
 from finetune_phi.tracking import ensure_experiment
+from finetune_phi.workspace import (
+    ComputeRef,
+    EnvironmentRef,
+    JobRecord,
+    JobStatus,
+    NotFound,
+    TrainingJobSpec,
+)
 
 RECORD_FILE = "job.json"
 CONFIG_FILE = "config.yaml"
@@ -68,12 +75,26 @@ def _tail(path: Path, lines: int = 20) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+LOCAL_ENVIRONMENT = "finetune-phi-training"
+LOCAL_ENVIRONMENT_VERSION = "venv"  # the project's own .venv is the environment here
+LOCAL_COMPUTE = "local"
+
+
 class LocalJobs:
     """Submit, watch and cancel trainer processes; records persist under `state/jobs/`."""
 
     def __init__(self, layout: StateLayout, *, python: str = sys.executable) -> None:
         self.layout = layout
         self.python = python
+
+    # ------------------------------------------------------------------ environment, compute
+    # This machine and the project's venv: recorded, nothing to provision.
+
+    def ensure_environment(self) -> EnvironmentRef:
+        return EnvironmentRef(LOCAL_ENVIRONMENT, LOCAL_ENVIRONMENT_VERSION)
+
+    def ensure_compute(self) -> ComputeRef:
+        return ComputeRef(LOCAL_COMPUTE, "Local")
 
     # ------------------------------------------------------------------ paths and records
 

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from backends.workspace import ModelVersion, NotFound
 from finetune_phi.state import StateLayout
 from finetune_phi.tracking import client, ensure_experiment
+from finetune_phi.workspace import ModelVersion, NotFound
 
 REGISTRATION_EXPERIMENT = "finetune-phi"
 

@@ -17,8 +17,8 @@ import pytest
 from fake_azure import REGION, RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, FakeAzureML
 
 from backends.azure.workspace import AzureWorkspace
-from backends.workspace import TrainingJobSpec
 from finetune_phi.settings import AzureBackendSettings
+from finetune_phi.workspace import TrainingJobSpec
 from trainer.config import Hyperparameters, RunOptions
 
 BASE_MODEL = "microsoft/Phi-3.5-mini-instruct"

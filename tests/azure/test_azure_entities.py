@@ -18,8 +18,8 @@ from azure_helpers import azure_settings, job_spec
 
 from backends.azure import entities
 from backends.azure.dry_run import DryRun, build_dry_run
-from backends.workspace import DeploymentSpec, EnvironmentRef, ModelVersion
 from finetune_phi.settings import REPO_ROOT, load_profile
+from finetune_phi.workspace import DeploymentSpec, EnvironmentRef, ModelVersion
 
 LOADERS = {
     "environment": load_environment,

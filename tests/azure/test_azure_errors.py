@@ -15,9 +15,8 @@ from azure.core.exceptions import (
 )
 from azure_helpers import FakeCredential, job_spec, make_azure_workspace
 
-from backends.azure.entities import training_compute_spec
 from backends.azure.errors import AzureWorkspaceError, classify
-from backends.workspace import NotFound, RuleViolation, WorkspaceError, is_transient
+from finetune_phi.workspace import NotFound, RuleViolation, WorkspaceError, is_transient
 
 
 class _Response:
@@ -80,8 +79,7 @@ def test_throttling_with_retry_after_is_retried_by_the_sdk(azure_fake, azure_wor
     """One 429 with Retry-After: 1 -> azure-core waits about a second and the call succeeds."""
     azure_fake.inject("GET", r"/computes/", "429", retry_after="1")
     started = time.monotonic()
-    spec = training_compute_spec(azure_workspace.settings)
-    assert azure_workspace.ensure_compute(spec).state == "Succeeded"
+    assert azure_workspace.jobs.ensure_compute().state == "Succeeded"
     assert time.monotonic() - started >= 0.9
     assert azure_fake.count("GET", r"/computes/") >= 2
 
@@ -90,7 +88,7 @@ def test_throttling_with_retry_after_is_retried_by_the_sdk(azure_fake, azure_wor
 def test_persistent_transient_faults_surface_as_transient(azure_fake, azure_workspace, kind):
     azure_fake.inject("GET", r"/onlineEndpoints/", kind, times=20)
     with pytest.raises(WorkspaceError) as caught:
-        azure_workspace.get_traffic("phi3-chat")
+        azure_workspace.endpoints.get_traffic("phi3-chat")
     assert caught.value.transient
     # azure-core's own retries ran first (retry_total=3 in the tests' client)
     assert azure_fake.count("GET", r"/onlineEndpoints/") == 4
@@ -101,7 +99,7 @@ def test_persistent_transient_faults_surface_as_transient(azure_fake, azure_work
 def test_unauthorized_is_permanent(azure_fake, azure_workspace):
     azure_fake.inject("GET", r"/onlineEndpoints/", "401")
     with pytest.raises(WorkspaceError) as caught:
-        azure_workspace.get_traffic("phi3-chat")
+        azure_workspace.endpoints.get_traffic("phi3-chat")
     assert not caught.value.transient and "az login" in str(caught.value)
     assert azure_fake.count("GET", r"/onlineEndpoints/") == 1  # not retried
 
@@ -109,14 +107,14 @@ def test_unauthorized_is_permanent(azure_fake, azure_workspace):
 def test_quota_exceeded_is_permanent(azure_fake, azure_workspace):
     azure_fake.inject("PUT", r"/computes/", "quota")
     with pytest.raises(WorkspaceError) as caught:
-        azure_workspace.ensure_compute(training_compute_spec(azure_workspace.settings))
+        azure_workspace.jobs.ensure_compute()
     assert not caught.value.transient and "quota" in str(caught.value).lower()
 
 
 def test_credential_failure_is_permanent(azure_fake, tmp_path):
     workspace = make_azure_workspace(azure_fake, tmp_path, credential=FakeCredential(fail=True))
     with pytest.raises(WorkspaceError) as caught:
-        workspace.get_traffic("phi3-chat")
+        workspace.endpoints.get_traffic("phi3-chat")
     assert not caught.value.transient
     assert azure_fake.calls == []  # nothing reached the service
 
@@ -124,13 +122,13 @@ def test_credential_failure_is_permanent(azure_fake, tmp_path):
 def test_job_log_stream_survives_transient_errors(azure_fake, tmp_path, dataset_files):
     sleeps: list[float] = []
     workspace = make_azure_workspace(azure_fake, tmp_path, sleeps=sleeps, job_poll_seconds=30)
-    job = workspace.submit_job(job_spec(*dataset_files))
+    job = workspace.jobs.submit_job(job_spec(*dataset_files))
     azure_fake.inject("GET", r"/jobs/ft-", "503", times=4)  # one whole SDK call fails
-    lines = list(workspace.stream_job_logs(job.name))
+    lines = list(workspace.jobs.stream_job_logs(job.name))
     assert lines[-3].endswith("Completed")
     assert sleeps and max(sleeps) <= 30  # backoff is capped by job_poll_seconds
 
 
 def test_missing_job_while_streaming_is_not_found(azure_workspace):
     with pytest.raises(NotFound):
-        list(azure_workspace.stream_job_logs("nope"))
+        list(azure_workspace.jobs.stream_job_logs("nope"))

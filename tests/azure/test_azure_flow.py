@@ -38,11 +38,11 @@ from azure_helpers import (
 from fake_azure import FakeAzureML, canned_scorer
 
 from backends.azure.workspace import AzureWorkspace
-from backends.workspace import CHALLENGER, CHAMPION, TrafficState, WorkspaceError
 from finetune_phi.chat_data.synthetic import answer_matches
 from finetune_phi.promptflow_bridge import SMOKE_PARAMS, SmokeAnswer, SmokeResult
 from finetune_phi.rollout import RolloutFailed
 from finetune_phi.settings import Profile, load_profile
+from finetune_phi.workspace import CHALLENGER, CHAMPION, TrafficState, WorkspaceError
 from tasks.rollout import SmokeTestFailed, smoke_probes
 from tasks.training import TrainingJobFailed
 
@@ -94,7 +94,7 @@ def smoke_over_invoke(
                 }
                 asked = time.monotonic()
                 try:
-                    body = workspace.invoke(endpoint, request, deployment=deployment)
+                    body = workspace.endpoints.invoke(endpoint, request, deployment=deployment)
                     answer, error = reply_of(probe.question, body), None
                 except WorkspaceError as exc:
                     answer, error = "", str(exc)
@@ -146,10 +146,10 @@ class AzureFlow:
         return load_profile(self.profile, environ={}, overrides=overrides)
 
     def deployments(self) -> list[str]:
-        return [d.name for d in self.workspace.list_deployments(ENDPOINT)]
+        return [d.name for d in self.workspace.endpoints.list_deployments(ENDPOINT)]
 
     def champion(self) -> str | None:
-        found = self.workspace.get_model_by_alias(MODEL, CHAMPION)
+        found = self.workspace.registry.get_model_by_alias(MODEL, CHAMPION)
         return found.version if found else None
 
 
@@ -203,7 +203,7 @@ def test_fresh_endpoint_then_blue_green_then_a_failed_smoke_test_rolls_back(
     first = azure_flow.run()
     assert first.status == "promoted"
     assert first.traffic_before == {} and first.traffic_after == {"blue": 100}
-    assert ws.get_traffic(ENDPOINT) == TrafficState({"blue": 100}, {})
+    assert ws.endpoints.get_traffic(ENDPOINT) == TrafficState({"blue": 100}, {})
     assert azure_flow.deployments() == ["blue"] and azure_flow.champion() == "1"
     job = first.training.job_name
     assert list(fake.jobs) == [job] and fake.jobs[job].status == "Completed"
@@ -211,7 +211,7 @@ def test_fresh_endpoint_then_blue_green_then_a_failed_smoke_test_rolls_back(
     metrics = first.training.metrics  # the real trainer's metrics.json, read from the blob
     assert metrics["global_step"] == 6 and metrics["eval_loss"] < metrics["eval_loss_before"]
     assert any(line.startswith("fine-tuning ") for line in fake.jobs[job].log)
-    v1 = ws.get_model(MODEL, "1")
+    v1 = ws.registry.get_model(MODEL, "1")
     assert v1.source == f"azureml://jobs/{job}/outputs/model/paths/mlflow_model"
     assert v1.tags["job_name"] == job and v1.tags["dataset_sha256"] == first.dataset.sha256
     assert v1.tags["trainer_config_hash"] == azure_flow.settings().training.config_hash()
@@ -223,7 +223,7 @@ def test_fresh_endpoint_then_blue_green_then_a_failed_smoke_test_rolls_back(
         (None, True),
     ]
     assert {(c.scoring_uri, c.key) for c in azure_flow.smoke} == {
-        (ws.get_or_create_endpoint(ENDPOINT).scoring_uri, fake.keys["primary"])
+        (ws.endpoints.get_or_create_endpoint(ENDPOINT).scoring_uri, fake.keys["primary"])
     }
     asked = [a.question for a in azure_flow.smoke[0].result.answers]
     assert asked == [p.question for p in smoke_probes(azure_flow.settings())]
@@ -237,9 +237,9 @@ def test_fresh_endpoint_then_blue_green_then_a_failed_smoke_test_rolls_back(
     plan = second.rollout.plan
     assert plan.new_deployment == "green" and plan.retire == ("blue",)
     assert second.traffic_before == {"blue": 100} and second.traffic_after == {"green": 100}
-    assert ws.get_traffic(ENDPOINT) == TrafficState({"green": 100}, {})
+    assert ws.endpoints.get_traffic(ENDPOINT) == TrafficState({"green": 100}, {})
     assert azure_flow.deployments() == ["green"] and azure_flow.champion() == "2"
-    assert ws.get_model(MODEL, "1").aliases == ()
+    assert ws.registry.get_model(MODEL, "1").aliases == ()
     assert {how for name, how in fake.scored if name == "green"} >= {"direct", "live"}
     assert fake.count("DELETE", r"/deployments/blue$") == 1
 
@@ -253,18 +253,18 @@ def test_fresh_endpoint_then_blue_green_then_a_failed_smoke_test_rolls_back(
     assert [(c.deployment, c.result.passed) for c in azure_flow.smoke[smoke_before:]] == [
         ("blue", False)
     ]
-    assert ws.get_traffic(ENDPOINT) == TrafficState({"green": 100}, {})
+    assert ws.endpoints.get_traffic(ENDPOINT) == TrafficState({"green": 100}, {})
     assert azure_flow.deployments() == ["green"] and azure_flow.champion() == "2"
-    v3 = ws.get_model(MODEL, "3")  # registered and gated, never champion
+    v3 = ws.registry.get_model(MODEL, "3")  # registered and gated, never champion
     assert v3.tags["gate"] == "promoted" and v3.aliases == ()
-    assert ws.get_model_by_alias(MODEL, CHALLENGER) is None
+    assert ws.registry.get_model_by_alias(MODEL, CHALLENGER) is None
     assert fake.count("PUT", r"/deployments/blue$") == 2  # run 1's blue, run 3's blue
 
     # 4. Run 2's inputs again: the champion's lineage (Azure tags) matches; nothing to do.
     again = azure_flow.run(**changed)
     assert again.status == "up to date" and again.model.version == "2"
     assert again.rollout.plan.new_deployment is None and again.traffic_after == {"green": 100}
-    assert len(fake.jobs) == 3 and [v.version for v in ws.list_model_versions(MODEL)] == [
+    assert len(fake.jobs) == 3 and [v.version for v in ws.registry.list_model_versions(MODEL)] == [
         "1",
         "2",
         "3",
@@ -290,7 +290,7 @@ def test_a_failed_job_fails_the_flow_with_its_studio_url_and_log(
     assert "SimulatedCrash" in message and f"{FAULT_ENV}=1" in message
     # the train task did not retry a failed job (permanent): one attempt
     assert fake.count("PUT", r"/jobs/") == 1
-    assert azure_flow.workspace.list_model_versions(MODEL) == []
+    assert azure_flow.workspace.registry.list_model_versions(MODEL) == []
     assert fake.count("PUT", r"/models/") == 0
     assert fake.count("PUT", r"/onlineEndpoints/") == 0
 

@@ -6,9 +6,9 @@ import pytest
 from azure_helpers import job_spec
 from fake_azure import failing_scorer
 
-from backends.workspace import CHALLENGER, CHAMPION, TrafficState
 from finetune_phi.rollout import RolloutFailed, execute_rollout, plan_rollout
 from finetune_phi.settings import RolloutSettings
+from finetune_phi.workspace import CHALLENGER, CHAMPION, TrafficState
 
 ENDPOINT = "phi3-chat"
 SETTINGS = RolloutSettings(
@@ -17,17 +17,17 @@ SETTINGS = RolloutSettings(
 
 
 def _train_and_register(ws, dataset_files, name):
-    job = ws.submit_job(job_spec(*dataset_files, name=name))
-    list(ws.stream_job_logs(job.name))
-    done = ws.get_job(job.name)
-    return ws.register_model("phi3-chat", done.model_uri, tags={}, job_name=done.name)
+    job = ws.jobs.submit_job(job_spec(*dataset_files, name=name))
+    list(ws.jobs.stream_job_logs(job.name))
+    done = ws.jobs.get_job(job.name)
+    return ws.registry.register_model("phi3-chat", done.model_uri, tags={}, job_name=done.name)
 
 
 def _rollout(ws, model, settings=SETTINGS):
-    ws.get_or_create_endpoint(ENDPOINT)
-    deployments = {d.name: d.model for d in ws.list_deployments(ENDPOINT)}
+    ws.endpoints.get_or_create_endpoint(ENDPOINT)
+    deployments = {d.name: d.model for d in ws.endpoints.list_deployments(ENDPOINT)}
     plan = plan_rollout(
-        ws.get_traffic(ENDPOINT), deployments, f"{model.name}:{model.version}", settings
+        ws.endpoints.get_traffic(ENDPOINT), deployments, f"{model.name}:{model.version}", settings
     )
     return plan, execute_rollout(ws, ENDPOINT, model, plan, settings, log=lambda _: None)
 
@@ -37,15 +37,15 @@ def test_fresh_endpoint_then_blue_green_then_noop(azure_fake, azure_workspace, d
     v1 = _train_and_register(ws, dataset_files, "ft-first")
     plan, report = _rollout(ws, v1)
     assert plan.new_deployment == "blue" and report.final_traffic == {"blue": 100}
-    assert ws.get_model_by_alias("phi3-chat", CHAMPION).version == "1"
+    assert ws.registry.get_model_by_alias("phi3-chat", CHAMPION).version == "1"
 
     v2 = _train_and_register(ws, dataset_files, "ft-second")
     plan, report = _rollout(ws, v2)
     assert plan.new_deployment == "green" and plan.retire == ("blue",)
     assert report.final_traffic == {"green": 100}
-    assert [d.name for d in ws.list_deployments(ENDPOINT)] == ["green"]
-    assert ws.get_model_by_alias("phi3-chat", CHAMPION).version == "2"
-    assert ws.get_model_by_alias("phi3-chat", CHALLENGER) is None
+    assert [d.name for d in ws.endpoints.list_deployments(ENDPOINT)] == ["green"]
+    assert ws.registry.get_model_by_alias("phi3-chat", CHAMPION).version == "2"
+    assert ws.registry.get_model_by_alias("phi3-chat", CHALLENGER) is None
     hows = {how for name, how in azure_fake.scored if name == "green"}
     assert hows == {"direct", "mirror", "live"}  # tested directly, mirrored, then live
 
@@ -62,10 +62,10 @@ def test_failing_direct_test_rolls_back(azure_fake, azure_workspace, dataset_fil
     azure_fake.scorers["green"] = failing_scorer(500, "model failed to load")
     with pytest.raises(RolloutFailed, match="direct test"):
         _rollout(ws, v2)
-    assert ws.get_traffic(ENDPOINT) == TrafficState({"blue": 100}, {})
-    assert [d.name for d in ws.list_deployments(ENDPOINT)] == ["blue"]
-    assert ws.get_model_by_alias("phi3-chat", CHAMPION).version == "1"
-    assert ws.get_model_by_alias("phi3-chat", CHALLENGER) is None
+    assert ws.endpoints.get_traffic(ENDPOINT) == TrafficState({"blue": 100}, {})
+    assert [d.name for d in ws.endpoints.list_deployments(ENDPOINT)] == ["blue"]
+    assert ws.registry.get_model_by_alias("phi3-chat", CHAMPION).version == "1"
+    assert ws.registry.get_model_by_alias("phi3-chat", CHALLENGER) is None
 
 
 def test_failure_during_traffic_shift_restores_traffic_exactly(
@@ -90,8 +90,8 @@ def test_failure_during_traffic_shift_restores_traffic_exactly(
     azure_fake.scorers["green"] = flaky
     with pytest.raises(RolloutFailed):
         _rollout(ws, v2, RolloutSettings(traffic_steps=(50, 100), requests_per_step=4))
-    assert ws.get_traffic(ENDPOINT) == TrafficState({"blue": 100}, {})
-    assert [d.name for d in ws.list_deployments(ENDPOINT)] == ["blue"]
+    assert ws.endpoints.get_traffic(ENDPOINT) == TrafficState({"blue": 100}, {})
+    assert [d.name for d in ws.endpoints.list_deployments(ENDPOINT)] == ["blue"]
 
 
 def test_failed_provisioning_rolls_back(azure_fake, azure_workspace, dataset_files):
@@ -102,5 +102,5 @@ def test_failed_provisioning_rolls_back(azure_fake, azure_workspace, dataset_fil
     azure_fake.deployment_failures["green"] = "readiness probe failed: init() raised"
     with pytest.raises(RolloutFailed, match="readiness probe failed"):
         _rollout(ws, v2)
-    assert ws.get_traffic(ENDPOINT).live == {"blue": 100}
-    assert [d.name for d in ws.list_deployments(ENDPOINT)] == ["blue"]
+    assert ws.endpoints.get_traffic(ENDPOINT).live == {"blue": 100}
+    assert [d.name for d in ws.endpoints.list_deployments(ENDPOINT)] == ["blue"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from azure_helpers import job_spec
+from azure_helpers import azure_settings, job_spec
 from fake_azure import failing_scorer
 
-from backends.workspace import (
+from finetune_phi.workspace import (
     CHALLENGER,
     CHAMPION,
     DeploymentSpec,
@@ -28,26 +28,43 @@ def test_is_a_workspace(azure_workspace):
 
 
 def test_environment_is_versioned_by_content(azure_fake, azure_workspace, tmp_path):
-    spec = azure_workspace.training_environment_spec()
-    first = azure_workspace.ensure_environment(spec)
-    second = azure_workspace.ensure_environment(spec)
+    spec = azure_workspace.jobs.training_environment_spec()
+    first = azure_workspace.jobs.ensure_environment()
+    second = azure_workspace.jobs.ensure_environment()
     assert first == second
     assert azure_fake.count("PUT", r"/environments/") == 1  # unchanged spec: no new version
     changed = tmp_path / "conda.yml"
     changed.write_text(Path(spec.conda_file).read_text() + "      - rich\n")
-    third = azure_workspace.ensure_environment(
+    third = azure_workspace.connection.ensure_environment(
         type(spec)(spec.name, spec.image, str(changed), spec.description)
     )
     assert third.version != first.version
     assert azure_fake.count("PUT", r"/environments/") == 2
 
 
-def test_compute_get_or_create(azure_fake, azure_workspace):
-    from backends.azure.entities import training_compute_spec
+def test_training_environment_follows_the_profile(tmp_path):
+    """The backend owns its defaults: the profile's environment name, image and conda file
+    are what the jobs part builds (no task decides them)."""
+    from backends.azure.workspace import AzureWorkspace
 
-    spec = training_compute_spec(azure_workspace.settings)
-    assert azure_workspace.ensure_compute(spec).state == "Succeeded"
-    assert azure_workspace.ensure_compute(spec).state == "Succeeded"
+    conda = tmp_path / "mine.conda.yml"
+    conda.write_text("name: mine\ndependencies:\n  - python=3.11\n")
+    settings = azure_settings(
+        training_environment="my-training-env",
+        training_image="example.azurecr.io/base:1",
+        training_conda_file=str(conda),
+    )
+    spec = AzureWorkspace(settings).jobs.training_environment_spec()
+    assert (spec.name, spec.image, spec.conda_file) == (
+        "my-training-env",
+        "example.azurecr.io/base:1",
+        str(conda),
+    )
+
+
+def test_compute_get_or_create(azure_fake, azure_workspace):
+    assert azure_workspace.jobs.ensure_compute().state == "Succeeded"
+    assert azure_workspace.jobs.ensure_compute().state == "Succeeded"
     assert azure_fake.count("PUT", r"/computes/") == 1
     body = next(r for k, r in azure_fake.resources.items() if k.startswith("/computes/"))
     scale = body["properties"]["properties"]["scaleSettings"]
@@ -58,13 +75,13 @@ def test_compute_get_or_create(azure_fake, azure_workspace):
 def test_job_runs_to_completion_with_logs_metrics_and_model_uri(
     azure_fake, azure_workspace, dataset_files
 ):
-    job = azure_workspace.submit_job(job_spec(*dataset_files))
+    job = azure_workspace.jobs.submit_job(job_spec(*dataset_files))
     assert job.status is JobStatus.NOT_STARTED
     assert job.tags["job_name"] == job.name and job.tags["attempt"] == "1"
-    lines = list(azure_workspace.stream_job_logs(job.name))
+    lines = list(azure_workspace.jobs.stream_job_logs(job.name))
     assert "step 1/2 loss 2.5" in lines and "done: model saved" in lines
     assert lines[-3] == f"[azure] job {job.name}: Completed"
-    done = azure_workspace.get_job(job.name)
+    done = azure_workspace.jobs.get_job(job.name)
     assert done.status is JobStatus.COMPLETED
     assert done.model_uri == f"azureml://jobs/{job.name}/outputs/model/paths/mlflow_model"
     assert done.metrics["eval_loss"] == 1.6 and "config_hash" in done.metrics
@@ -83,8 +100,8 @@ def test_resubmitting_reattaches_instead_of_starting_again(
     azure_fake, azure_workspace, dataset_files
 ):
     spec = job_spec(*dataset_files)
-    first = azure_workspace.submit_job(spec)
-    again = azure_workspace.submit_job(spec)
+    first = azure_workspace.jobs.submit_job(spec)
+    again = azure_workspace.jobs.submit_job(spec)
     assert again.name == first.name
     assert azure_fake.count("PUT", r"/jobs/") == 1
 
@@ -95,7 +112,7 @@ def test_retried_submission_whose_answer_was_lost_reattaches(
     """The PUT reaches Azure but the connection resets before the answer: azure-core retries
     the PUT (409: the name exists), and the backend attaches to the job that was created."""
     azure_fake.inject("PUT", r"/jobs/ft-", "reset-after")
-    job = azure_workspace.submit_job(job_spec(*dataset_files))
+    job = azure_workspace.jobs.submit_job(job_spec(*dataset_files))
     assert job.name == "ft-0123abcd-base-cfg"
     assert len(azure_fake.jobs) == 1
     assert azure_fake.count("PUT", r"/jobs/") == 2
@@ -110,10 +127,10 @@ def test_retried_task_after_transient_failure_reattaches(azure_fake, tmp_path, d
     azure_fake.inject("PUT", r"/jobs/ft-", "reset-after")
     azure_fake.inject("PUT", r"/jobs/ft-", "reset", times=10)
     with pytest.raises(WorkspaceError) as caught:
-        workspace.submit_job(job_spec(*dataset_files))
+        workspace.jobs.submit_job(job_spec(*dataset_files))
     assert is_transient(caught.value)
     azure_fake.faults.clear()
-    job = workspace.submit_job(job_spec(*dataset_files))
+    job = workspace.jobs.submit_job(job_spec(*dataset_files))
     assert job.name == "ft-0123abcd-base-cfg" and len(azure_fake.jobs) == 1
 
 
@@ -122,12 +139,12 @@ def test_failed_job_reports_studio_and_log_tail_and_resubmission_is_attempt_two(
 ):
     spec = job_spec(*dataset_files)
     azure_fake.job_outcomes[spec.name] = "Failed"
-    job = azure_workspace.submit_job(spec)
-    list(azure_workspace.stream_job_logs(job.name))
-    failed = azure_workspace.get_job(job.name)
+    job = azure_workspace.jobs.submit_job(spec)
+    list(azure_workspace.jobs.stream_job_logs(job.name))
+    failed = azure_workspace.jobs.get_job(job.name)
     assert failed.status is JobStatus.FAILED and failed.model_uri is None
     assert "ml.azure.com" in failed.error and "CUDA out of memory" in failed.error
-    retry = azure_workspace.submit_job(spec)
+    retry = azure_workspace.jobs.submit_job(spec)
     assert retry.name == f"{spec.name}-r2" and retry.tags["attempt"] == "2"
     first_out = azure_fake.jobs[spec.name].body["properties"]["outputs"]["model"]["uri"]
     second_out = azure_fake.jobs[retry.name].body["properties"]["outputs"]["model"]["uri"]
@@ -140,65 +157,69 @@ def test_stream_ends_on_every_non_success_state(
 ):
     spec = job_spec(*dataset_files)
     azure_fake.job_outcomes[spec.name] = outcome
-    job = azure_workspace.submit_job(spec)
-    lines = list(azure_workspace.stream_job_logs(job.name))
+    job = azure_workspace.jobs.submit_job(spec)
+    lines = list(azure_workspace.jobs.stream_job_logs(job.name))
     assert lines[-1] == f"[azure] job {job.name}: {outcome}"
-    record = azure_workspace.get_job(job.name)
+    record = azure_workspace.jobs.get_job(job.name)
     assert record.status == outcome and record.error and record.model_uri is None
 
 
 def test_cancel_job(azure_fake, azure_workspace, dataset_files):
-    job = azure_workspace.submit_job(job_spec(*dataset_files))
-    azure_workspace.get_job(job.name)  # Starting
-    canceled = azure_workspace.cancel_job(job.name)
+    job = azure_workspace.jobs.submit_job(job_spec(*dataset_files))
+    azure_workspace.jobs.get_job(job.name)  # Starting
+    canceled = azure_workspace.jobs.cancel_job(job.name)
     assert canceled.status is JobStatus.CANCELED
     assert azure_fake.count("POST", r"/jobs/.*/cancel") == 1
-    assert azure_workspace.cancel_job(job.name).status is JobStatus.CANCELED  # idempotent
+    assert azure_workspace.jobs.cancel_job(job.name).status is JobStatus.CANCELED  # idempotent
     assert azure_fake.count("POST", r"/jobs/.*/cancel") == 1
 
 
 def test_find_jobs_by_tag_and_unknown_job(azure_workspace, dataset_files):
-    job = azure_workspace.submit_job(job_spec(*dataset_files))
-    assert [j.name for j in azure_workspace.find_jobs({"dataset_sha256": "d" * 64})] == [job.name]
-    assert azure_workspace.find_jobs({"dataset_sha256": "other"}) == []
+    job = azure_workspace.jobs.submit_job(job_spec(*dataset_files))
+    assert [j.name for j in azure_workspace.jobs.find_jobs({"dataset_sha256": "d" * 64})] == [
+        job.name
+    ]
+    assert azure_workspace.jobs.find_jobs({"dataset_sha256": "other"}) == []
     with pytest.raises(NotFound):
-        azure_workspace.get_job("no-such-job")
+        azure_workspace.jobs.get_job("no-such-job")
 
 
 def _completed_job(workspace, dataset_files, name="ft-0123abcd-base-cfg"):
-    job = workspace.submit_job(job_spec(*dataset_files, name=name))
-    list(workspace.stream_job_logs(job.name))
-    return workspace.get_job(job.name)
+    job = workspace.jobs.submit_job(job_spec(*dataset_files, name=name))
+    list(workspace.jobs.stream_job_logs(job.name))
+    return workspace.jobs.get_job(job.name)
 
 
 def test_registration_is_idempotent_per_job_and_aliases_move(azure_workspace, dataset_files):
     ws = azure_workspace
     job = _completed_job(ws, dataset_files)
-    v1 = ws.register_model("phi3-chat", job.model_uri, tags={"eval_loss": "1.6"}, job_name=job.name)
+    v1 = ws.registry.register_model(
+        "phi3-chat", job.model_uri, tags={"eval_loss": "1.6"}, job_name=job.name
+    )
     assert (v1.version, v1.tags["job_name"], v1.source) == ("1", job.name, job.model_uri)
-    assert ws.register_model("phi3-chat", job.model_uri, tags={}, job_name=job.name) == v1
+    assert ws.registry.register_model("phi3-chat", job.model_uri, tags={}, job_name=job.name) == v1
     job2 = _completed_job(ws, dataset_files, name="ft-second")
-    v2 = ws.register_model("phi3-chat", job2.model_uri, tags={}, job_name=job2.name)
+    v2 = ws.registry.register_model("phi3-chat", job2.model_uri, tags={}, job_name=job2.name)
     assert v2.version == "2"
-    assert [v.version for v in ws.list_model_versions("phi3-chat")] == ["1", "2"]
-    assert ws.get_model_by_alias("phi3-chat", CHAMPION) is None
-    ws.set_model_alias("phi3-chat", CHAMPION, "1")
-    ws.set_model_alias("phi3-chat", CHAMPION, "2")
-    ws.set_model_alias("phi3-chat", CHALLENGER, "1")
-    assert ws.get_model_by_alias("phi3-chat", CHAMPION).version == "2"
-    assert ws.get_model("phi3-chat", "1").aliases == (CHALLENGER,)
-    assert "alias.champion" not in ws.get_model("phi3-chat", "2").tags  # aliases, not tags
-    ws.delete_model_alias("phi3-chat", CHALLENGER)
-    assert ws.get_model_by_alias("phi3-chat", CHALLENGER) is None
+    assert [v.version for v in ws.registry.list_model_versions("phi3-chat")] == ["1", "2"]
+    assert ws.registry.get_model_by_alias("phi3-chat", CHAMPION) is None
+    ws.registry.set_model_alias("phi3-chat", CHAMPION, "1")
+    ws.registry.set_model_alias("phi3-chat", CHAMPION, "2")
+    ws.registry.set_model_alias("phi3-chat", CHALLENGER, "1")
+    assert ws.registry.get_model_by_alias("phi3-chat", CHAMPION).version == "2"
+    assert ws.registry.get_model("phi3-chat", "1").aliases == (CHALLENGER,)
+    assert "alias.champion" not in ws.registry.get_model("phi3-chat", "2").tags  # aliases, not tags
+    ws.registry.delete_model_alias("phi3-chat", CHALLENGER)
+    assert ws.registry.get_model_by_alias("phi3-chat", CHALLENGER) is None
     with pytest.raises(NotFound):
-        ws.get_model("phi3-chat", "9")
-    assert ws.list_model_versions("unknown-model") == []
+        ws.registry.get_model("phi3-chat", "9")
+    assert ws.registry.list_model_versions("unknown-model") == []
 
 
 def test_registering_from_an_unfinished_job_is_refused(azure_workspace, dataset_files):
-    job = azure_workspace.submit_job(job_spec(*dataset_files))
+    job = azure_workspace.jobs.submit_job(job_spec(*dataset_files))
     with pytest.raises(WorkspaceError) as caught:
-        azure_workspace.register_model(
+        azure_workspace.registry.register_model(
             "phi3-chat", f"azureml://jobs/{job.name}/outputs/model/paths/mlflow_model", tags={}
         )
     assert not caught.value.transient
@@ -207,49 +228,53 @@ def test_registering_from_an_unfinished_job_is_refused(azure_workspace, dataset_
 @pytest.fixture
 def registered(azure_workspace, dataset_files):
     job = _completed_job(azure_workspace, dataset_files)
-    return azure_workspace.register_model("phi3-chat", job.model_uri, tags={}, job_name=job.name)
+    return azure_workspace.registry.register_model(
+        "phi3-chat", job.model_uri, tags={}, job_name=job.name
+    )
 
 
 def test_endpoint_deployments_traffic_and_scoring(azure_fake, azure_workspace, registered):
     ws = azure_workspace
-    info = ws.get_or_create_endpoint("phi3-chat")
+    info = ws.endpoints.get_or_create_endpoint("phi3-chat")
     assert info.auth_mode == "key" and info.scoring_uri.endswith("/score")
-    assert ws.get_or_create_endpoint("phi3-chat") == info
+    assert ws.endpoints.get_or_create_endpoint("phi3-chat") == info
     assert azure_fake.count("PUT", r"/onlineEndpoints/phi3-chat$") == 1
-    keys = ws.get_endpoint_keys("phi3-chat")
+    keys = ws.endpoints.get_endpoint_keys("phi3-chat")
     assert keys.primary == azure_fake.keys["primary"] and "***" in repr(keys)
 
-    blue = ws.create_or_update_deployment(DeploymentSpec("phi3-chat", "blue", registered))
+    blue = ws.endpoints.create_or_update_deployment(DeploymentSpec("phi3-chat", "blue", registered))
     assert (blue.provisioning_state, blue.ready, blue.model) == ("Succeeded", True, "phi3-chat:1")
     dep = next(r for k, r in azure_fake.resources.items() if k.endswith("/deployments/blue"))
     assert dep["properties"]["instanceType"] == "Standard_E4s_v3"
     assert dep["properties"]["codeConfiguration"]["scoringScript"] == "score.py"
     assert dep["properties"]["readinessProbe"]["initialDelay"] == "PT10M"
 
-    assert ws.set_traffic("phi3-chat", TrafficState({"blue": 100})).live == {"blue": 100}
-    answer = ws.invoke(
+    assert ws.endpoints.set_traffic("phi3-chat", TrafficState({"blue": 100})).live == {"blue": 100}
+    answer = ws.endpoints.invoke(
         "phi3-chat", {"input_data": ["Who founded Microsoft?"], "params": {"max_new_tokens": 8}}
     )
     assert answer == ["Who founded Microsoft?\nBill Gates and Paul Allen (blue)"]
-    ws.create_or_update_deployment(DeploymentSpec("phi3-chat", "green", registered))
-    assert ws.invoke(
+    ws.endpoints.create_or_update_deployment(DeploymentSpec("phi3-chat", "green", registered))
+    assert ws.endpoints.invoke(
         "phi3-chat", {"messages": [{"role": "user", "content": "Hi"}]}, deployment="green"
     ) == {"role": "assistant", "content": "Bill Gates and Paul Allen (green)"}
     assert azure_fake.scored[-1] == ("green", "direct")
     with pytest.raises(WorkspaceError) as bad:
-        ws.invoke("phi3-chat", {"input_data": "not a list"})
+        ws.endpoints.invoke("phi3-chat", {"input_data": "not a list"})
     assert "400" in str(bad.value) and not bad.value.transient
 
-    state = ws.set_traffic("phi3-chat", TrafficState({"blue": 100}, {"green": 20}))
+    state = ws.endpoints.set_traffic("phi3-chat", TrafficState({"blue": 100}, {"green": 20}))
     assert state.mirror_traffic == {"green": 20} and state.traffic == {"blue": 100, "green": 0}
-    assert [d.name for d in ws.list_deployments("phi3-chat")] == ["blue", "green"]
-    assert "readiness probe passed" in ws.get_deployment_logs("phi3-chat", "green", lines=5)
+    assert [d.name for d in ws.endpoints.list_deployments("phi3-chat")] == ["blue", "green"]
+    assert "readiness probe passed" in ws.endpoints.get_deployment_logs(
+        "phi3-chat", "green", lines=5
+    )
 
-    ws.delete_deployment("phi3-chat", "green")  # its mirror share goes first
-    assert ws.get_traffic("phi3-chat") == TrafficState({"blue": 100}, {})
-    assert ws.get_deployment("phi3-chat", "green") is None
+    ws.endpoints.delete_deployment("phi3-chat", "green")  # its mirror share goes first
+    assert ws.endpoints.get_traffic("phi3-chat") == TrafficState({"blue": 100}, {})
+    assert ws.endpoints.get_deployment("phi3-chat", "green") is None
     with pytest.raises(NotFound):
-        ws.delete_deployment("phi3-chat", "green")
+        ws.endpoints.delete_deployment("phi3-chat", "green")
 
 
 @pytest.mark.parametrize(
@@ -263,64 +288,66 @@ def test_endpoint_deployments_traffic_and_scoring(azure_fake, azure_workspace, r
 )
 def test_traffic_rules_are_the_services(azure_workspace, registered, traffic, mirror, why):
     ws = azure_workspace
-    ws.get_or_create_endpoint("phi3-chat")
+    ws.endpoints.get_or_create_endpoint("phi3-chat")
     for colour in ("blue", "green"):
-        ws.create_or_update_deployment(DeploymentSpec("phi3-chat", colour, registered))
-    ws.set_traffic("phi3-chat", TrafficState({"blue": 100}))
+        ws.endpoints.create_or_update_deployment(DeploymentSpec("phi3-chat", colour, registered))
+    ws.endpoints.set_traffic("phi3-chat", TrafficState({"blue": 100}))
     with pytest.raises(RuleViolation, match=why) as caught:
-        ws.set_traffic("phi3-chat", TrafficState(traffic, mirror))
+        ws.endpoints.set_traffic("phi3-chat", TrafficState(traffic, mirror))
     assert not is_transient(caught.value)
-    assert ws.get_traffic("phi3-chat").live == {"blue": 100}  # nothing changed
+    assert ws.endpoints.get_traffic("phi3-chat").live == {"blue": 100}  # nothing changed
 
 
 def test_deleting_a_live_deployment_is_refused(azure_workspace, registered):
     ws = azure_workspace
-    ws.get_or_create_endpoint("phi3-chat")
-    ws.create_or_update_deployment(DeploymentSpec("phi3-chat", "blue", registered))
-    ws.set_traffic("phi3-chat", TrafficState({"blue": 100}))
+    ws.endpoints.get_or_create_endpoint("phi3-chat")
+    ws.endpoints.create_or_update_deployment(DeploymentSpec("phi3-chat", "blue", registered))
+    ws.endpoints.set_traffic("phi3-chat", TrafficState({"blue": 100}))
     with pytest.raises(RuleViolation, match="live traffic"):
-        ws.delete_deployment("phi3-chat", "blue")
-    assert ws.get_deployment("phi3-chat", "blue") is not None
+        ws.endpoints.delete_deployment("phi3-chat", "blue")
+    assert ws.endpoints.get_deployment("phi3-chat", "blue") is not None
 
 
 def test_failed_deployment_raises_with_its_log(azure_fake, azure_workspace, registered):
     ws = azure_workspace
-    ws.get_or_create_endpoint("phi3-chat")
+    ws.endpoints.get_or_create_endpoint("phi3-chat")
     azure_fake.deployment_failures["blue"] = "ImagePullFailure: environment build failed"
     with pytest.raises(WorkspaceError) as caught:
-        ws.create_or_update_deployment(DeploymentSpec("phi3-chat", "blue", registered))
+        ws.endpoints.create_or_update_deployment(DeploymentSpec("phi3-chat", "blue", registered))
     assert "ImagePullFailure" in str(caught.value) and not caught.value.transient
-    assert ws.get_deployment("phi3-chat", "blue").provisioning_state == "Failed"
+    assert ws.endpoints.get_deployment("phi3-chat", "blue").provisioning_state == "Failed"
 
 
 def test_invoke_refetches_a_rotated_key_and_maps_errors(azure_fake, azure_workspace, registered):
     ws = azure_workspace
-    ws.get_or_create_endpoint("phi3-chat")
-    ws.create_or_update_deployment(DeploymentSpec("phi3-chat", "blue", registered))
-    ws.set_traffic("phi3-chat", TrafficState({"blue": 100}))
+    ws.endpoints.get_or_create_endpoint("phi3-chat")
+    ws.endpoints.create_or_update_deployment(DeploymentSpec("phi3-chat", "blue", registered))
+    ws.endpoints.set_traffic("phi3-chat", TrafficState({"blue": 100}))
     request = {"input_data": ["Hi"], "params": {}}
-    ws.invoke("phi3-chat", request)
+    ws.endpoints.invoke("phi3-chat", request)
     azure_fake.keys["primary"] = "rotated-" + "c" * 30
-    assert ws.invoke("phi3-chat", request) == ["Hi\nBill Gates and Paul Allen (blue)"]
+    assert ws.endpoints.invoke("phi3-chat", request) == ["Hi\nBill Gates and Paul Allen (blue)"]
     azure_fake.scorers["blue"] = failing_scorer(503, "overloaded")
     with pytest.raises(WorkspaceError) as caught:
-        ws.invoke("phi3-chat", request)
+        ws.endpoints.invoke("phi3-chat", request)
     assert caught.value.transient and "503" in str(caught.value)
     with pytest.raises(NotFound):
-        ws.invoke("phi3-chat", request, deployment="purple")
+        ws.endpoints.invoke("phi3-chat", request, deployment="purple")
 
 
 def test_endpoint_is_never_deleted_and_names_are_checked(azure_fake, azure_workspace):
     with pytest.raises(RuleViolation):
-        azure_workspace.get_or_create_endpoint("x")
-    azure_workspace.get_or_create_endpoint("phi3-chat")
+        azure_workspace.endpoints.get_or_create_endpoint("x")
+    azure_workspace.endpoints.get_or_create_endpoint("phi3-chat")
     assert azure_fake.count("DELETE", r"/onlineEndpoints/[^/]+$") == 0
 
 
 def test_set_model_tags_and_download_model(azure_workspace, registered, tmp_path):
     ws = azure_workspace
-    ws.set_model_tags("phi3-chat", registered.version, {"gate": "passed"})
-    assert ws.get_model("phi3-chat", registered.version).tags["gate"] == "passed"
-    folder = ws.download_model("phi3-chat", registered.version, tmp_path / "models")
+    ws.registry.set_model_tags("phi3-chat", registered.version, {"gate": "passed"})
+    assert ws.registry.get_model("phi3-chat", registered.version).tags["gate"] == "passed"
+    folder = ws.registry.download_model("phi3-chat", registered.version, tmp_path / "models")
     assert (folder / "MLmodel").is_file() and not (folder / "metrics.json").exists()
-    assert ws.download_model("phi3-chat", registered.version, tmp_path / "models") == folder
+    assert (
+        ws.registry.download_model("phi3-chat", registered.version, tmp_path / "models") == folder
+    )

@@ -26,7 +26,7 @@ sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent), str(HERE)]
 from endpoint_helpers import StandIn, cleanup, start  # noqa: E402
 
 from backends.local.endpoint.control import LocalEndpoints  # noqa: E402
-from backends.workspace import TrafficState  # noqa: E402
+from finetune_phi.workspace import TrafficState  # noqa: E402
 
 
 def _percentiles(samples: list[float]) -> str:

@@ -11,7 +11,7 @@ import httpx
 from endpoint_cleanup import cleanup_endpoints
 
 from backends.local.endpoint.control import LocalEndpoints
-from backends.workspace import DeploymentSpec, EndpointKeys, ModelVersion, TrafficState
+from finetune_phi.workspace import DeploymentSpec, EndpointKeys, ModelVersion, TrafficState
 
 STAND_IN = Path(__file__).with_name("stand_in_server.py")
 

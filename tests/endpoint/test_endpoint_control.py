@@ -17,7 +17,7 @@ import pytest
 from endpoint_helpers import Endpoint
 
 from backends.local.endpoint.control import wait_port_free
-from backends.workspace import (
+from finetune_phi.workspace import (
     NotFound,
     RuleViolation,
     TrafficState,

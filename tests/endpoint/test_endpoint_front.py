@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from endpoint_helpers import Endpoint
 
-from backends.workspace import DEPLOYMENT_HEADER
+from finetune_phi.workspace import DEPLOYMENT_HEADER
 
 pytestmark = pytest.mark.slow
 

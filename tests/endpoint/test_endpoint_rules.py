@@ -14,7 +14,7 @@ from backends.local.endpoint.rules import (
     validate_name,
     validate_traffic,
 )
-from backends.workspace import RuleViolation, TrafficState
+from finetune_phi.workspace import RuleViolation, TrafficState
 
 DEPLOYMENTS = ("blue", "green", "red")
 

@@ -11,7 +11,7 @@ import pytest
 
 from backends.local.endpoint.control import LocalEndpoints, model_dir_from_source, tail
 from backends.local.endpoint.state import EndpointRecord, EndpointStore, list_endpoints
-from backends.workspace import NotFound, RuleViolation, WorkspaceError
+from finetune_phi.workspace import NotFound, RuleViolation, WorkspaceError
 
 
 def _mode(path: Path) -> int:

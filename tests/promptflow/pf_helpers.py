@@ -21,8 +21,8 @@ from typing import Any
 from endpoint_cleanup import cleanup_endpoints
 
 from backends.local.endpoint.control import LocalEndpoints
-from backends.workspace import DeploymentSpec, ModelVersion, TrafficState
 from finetune_phi.chat_data.synthetic import FACTS, Fact, FactProbe, fact_probes
+from finetune_phi.workspace import DeploymentSpec, ModelVersion, TrafficState
 
 ENDPOINT = "pf-test"
 TRAINED, UNTRAINED = "blue", "green"  # deployment names: the trained one has all the traffic

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune_phi import promptflow_bridge
 from cli.chat import add_chat_parser, generation_params, main
+from finetune_phi import promptflow_bridge
 from finetune_phi.chat_data.synthetic import fact_probes
 from finetune_phi.promptflow_bridge import (
     PromptflowError,

@@ -17,8 +17,8 @@ from pf_helpers import TrainedModel
 from profiles import small_profile_file
 
 from backends.local.workspace import LocalWorkspace
-from backends.workspace import CHAMPION
 from finetune_phi.rollout import RolloutFailed
+from finetune_phi.workspace import CHAMPION
 
 pytestmark = pytest.mark.slow
 
@@ -76,10 +76,12 @@ def test_smoke_test_passes_then_a_failing_one_rolls_back(
             gate_tolerance=1.0,
             overrides={"smoke": {"questions": 3}},
         )
-    assert workspace.get_traffic(ENDPOINT).traffic == {"blue": 100}
-    assert [d.name for d in workspace.list_deployments(ENDPOINT)] == ["blue"]
-    assert workspace.get_model_by_alias("phi3-chat", CHAMPION).version == first.model.version
-    answer = workspace.invoke(
+    assert workspace.endpoints.get_traffic(ENDPOINT).traffic == {"blue": 100}
+    assert [d.name for d in workspace.endpoints.list_deployments(ENDPOINT)] == ["blue"]
+    assert (
+        workspace.registry.get_model_by_alias("phi3-chat", CHAMPION).version == first.model.version
+    )
+    answer = workspace.endpoints.invoke(
         ENDPOINT,
         {"messages": [{"role": "user", "content": "Who founded Microsoft?"}], "params": {}},
     )

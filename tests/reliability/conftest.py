@@ -12,7 +12,7 @@ import pytest
 from reliability_helpers import DEPLOYMENT, ENDPOINT, LiveEndpoint, cleanup
 
 from backends.local.endpoint.control import LocalEndpoints
-from backends.workspace import DeploymentSpec, ModelVersion, TrafficState
+from finetune_phi.workspace import DeploymentSpec, ModelVersion, TrafficState
 
 
 @pytest.fixture(scope="session")

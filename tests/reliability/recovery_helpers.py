@@ -222,11 +222,11 @@ def roll_out(state_dir: Path, endpoint: str, model: str, version: str, log: Any)
 
     settings = RolloutSettings(**CHILD_SETTINGS)
     workspace = LocalWorkspace(state_dir)
-    target = workspace.get_model(model, version)
-    workspace.get_or_create_endpoint(endpoint)
-    deployments = {d.name: d.model for d in workspace.list_deployments(endpoint)}
+    target = workspace.registry.get_model(model, version)
+    workspace.endpoints.get_or_create_endpoint(endpoint)
+    deployments = {d.name: d.model for d in workspace.endpoints.list_deployments(endpoint)}
     plan = plan_rollout(
-        workspace.get_traffic(endpoint), deployments, f"{model}:{version}", settings
+        workspace.endpoints.get_traffic(endpoint), deployments, f"{model}:{version}", settings
     )
     for line in plan.describe():
         log(f"plan: {line}")

@@ -13,7 +13,7 @@ from endpoint_cleanup import cleanup_endpoints
 from hypothesis import strategies as st
 
 from backends.local.endpoint.control import LocalEndpoints
-from backends.workspace import DEPLOYMENT_HEADER
+from finetune_phi.workspace import DEPLOYMENT_HEADER
 
 ENDPOINT = "reliability"
 DEPLOYMENT = "blue"

@@ -48,7 +48,8 @@ from recovery_helpers import (
 from backends.local.endpoint.control import LocalEndpoints
 from backends.local.jobs import LocalJobs
 from backends.local.workspace import LocalWorkspace
-from backends.workspace import (
+from finetune_phi.state import StateLayout
+from finetune_phi.workspace import (
     CHALLENGER,
     CHAMPION,
     DEPLOYMENT_HEADER,
@@ -58,7 +59,6 @@ from backends.workspace import (
     TrafficState,
     TrainingJobSpec,
 )
-from finetune_phi.state import StateLayout
 from trainer.config import RunOptions
 
 pytestmark = pytest.mark.slow
@@ -309,7 +309,9 @@ def rollout_state(
     workspace = LocalWorkspace(state)
     source = tiny_mlflow_model(tiny_model_dir)
     for n in range(1, 5):
-        version = workspace.register_model(MODEL, str(source), tags={}, job_name=f"job-{n}")
+        version = workspace.registry.register_model(
+            MODEL, str(source), tags={}, job_name=f"job-{n}"
+        )
         assert version.version == str(n)
     marker = str(state)  # the registry's copies live in the state folder: servers name them
     try:
@@ -347,13 +349,13 @@ def _kill_rollout_at(state: Path, version: str, trigger: str) -> list[str]:
 
 def _assert_converged(state: Path, version: str) -> dict[str, int]:
     workspace = LocalWorkspace(state)
-    traffic = workspace.get_traffic(ROLLOUT_ENDPOINT)
+    traffic = workspace.endpoints.get_traffic(ROLLOUT_ENDPOINT)
     live = traffic.live
     assert sum(live.values()) == 100 and traffic.mirror_traffic == {}
-    champion = workspace.get_model_by_alias(MODEL, CHAMPION)
+    champion = workspace.registry.get_model_by_alias(MODEL, CHAMPION)
     assert champion is not None and champion.version == version
-    assert workspace.get_model_by_alias(MODEL, CHALLENGER) is None
-    deployments = workspace.list_deployments(ROLLOUT_ENDPOINT)
+    assert workspace.registry.get_model_by_alias(MODEL, CHALLENGER) is None
+    deployments = workspace.endpoints.list_deployments(ROLLOUT_ENDPOINT)
     holders = [d.name for d in deployments if d.model == f"{MODEL}:{version}"]
     assert len(holders) == 1 and live == {holders[0]: 100}, (holders, live)
     assert [d.name for d in deployments] == holders  # the previous colour was retired
@@ -361,7 +363,7 @@ def _assert_converged(state: Path, version: str) -> dict[str, int]:
     # No orphans: the running servers are exactly those the persisted state knows.
     running = set(server_processes(str(state)))
     assert running == persisted_server_pids(state, ROLLOUT_ENDPOINT), running
-    answer = workspace.invoke(ROLLOUT_ENDPOINT, GOOD_REQUEST)
+    answer = workspace.endpoints.invoke(ROLLOUT_ENDPOINT, GOOD_REQUEST)
     assert isinstance(answer, list) and isinstance(answer[0], str)
     return dict(live)
 
@@ -379,12 +381,12 @@ def test_killed_rollout_converges_on_the_next_run(
     rollout_state: tuple[Path, Path], version: str, trigger: str, left: dict[str, int]
 ) -> None:
     state, _ = rollout_state
-    before = LocalWorkspace(state).get_model_by_alias(MODEL, CHAMPION)
+    before = LocalWorkspace(state).registry.get_model_by_alias(MODEL, CHAMPION)
     assert before is not None
     events = _kill_rollout_at(state, version, trigger)
     workspace = LocalWorkspace(state)
-    assert workspace.get_traffic(ROLLOUT_ENDPOINT).live == left, events
-    assert workspace.get_model_by_alias(MODEL, CHAMPION).version == before.version  # type: ignore[union-attr]
+    assert workspace.endpoints.get_traffic(ROLLOUT_ENDPOINT).live == left, events
+    assert workspace.registry.get_model_by_alias(MODEL, CHAMPION).version == before.version  # type: ignore[union-attr]
 
     events = []
     report = roll_out(state, ROLLOUT_ENDPOINT, MODEL, version, log=events.append)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from reliability_helpers import DEPLOYMENT, LiveEndpoint, assert_error_body
 
-from backends.workspace import DEPLOYMENT_HEADER
+from finetune_phi.workspace import DEPLOYMENT_HEADER
 
 JSON = {"content-type": "application/json"}
 CONTEXT = r"input is \d+ tokens; with max_new_tokens \d+ that exceeds the model's context of 2048"

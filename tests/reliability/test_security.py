@@ -46,7 +46,7 @@ from recovery_helpers import (
 from backends.local.endpoint import front
 from backends.local.endpoint.control import LocalEndpoints
 from backends.local.endpoint.state import KEY_BYTES, KEYS_FILE, EndpointStore
-from backends.workspace import DEPLOYMENT_HEADER, DeploymentSpec, ModelVersion, TrafficState
+from finetune_phi.workspace import DEPLOYMENT_HEADER, DeploymentSpec, ModelVersion, TrafficState
 
 ENDPOINT = "secured"
 

@@ -54,7 +54,7 @@ from backends.local.endpoint.state import (
     list_endpoints,
 )
 from backends.local.processes import read_cmdline
-from backends.workspace import (
+from finetune_phi.workspace import (
     DEPLOYMENT_HEADER,
     DeploymentInfo,
     DeploymentSpec,
@@ -63,6 +63,7 @@ from backends.workspace import (
     NotFound,
     TrafficState,
     WorkspaceError,
+    scoring_error,
 )
 
 log = logging.getLogger(__name__)
@@ -868,15 +869,13 @@ class LocalEndpoints:
                 transient=True,
             ) from exc
         if response.status_code >= 400:
-            served_by = response.headers.get(DEPLOYMENT_HEADER)
-            message = (
-                f"{target}endpoint {endpoint!r} answered {response.status_code}"
-                f"{f' (deployment {served_by!r})' if served_by else ''}: {response.text[:2000]}"
+            raise scoring_error(
+                endpoint,
+                response.status_code,
+                response.text,
+                deployment=deployment,
+                served_by=response.headers.get(DEPLOYMENT_HEADER, ""),
             )
-            if response.status_code == 404:
-                raise NotFound(message)
-            transient = response.status_code >= 500 or response.status_code in (408, 429)
-            raise WorkspaceError(message, transient=transient)
         try:
             return response.json()
         except ValueError as exc:

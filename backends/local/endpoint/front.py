@@ -58,7 +58,7 @@ from starlette.routing import Route
 from backends.local.endpoint.rules import pick_deployment, should_mirror
 from backends.local.endpoint.state import EndpointRecord, EndpointStore
 from backends.local.endpoint.supervisor import DEFAULT_MAX_RESTARTS, Supervisor
-from backends.workspace import DEPLOYMENT_HEADER, EndpointKeys
+from finetune_phi.workspace import DEPLOYMENT_HEADER, EndpointKeys
 from serving.server import MAX_BODY_BYTES, read_body
 
 log = logging.getLogger("backends.local.endpoint.front")

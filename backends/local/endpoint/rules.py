@@ -20,7 +20,7 @@ import random
 import re
 from collections.abc import Collection, Mapping
 
-from backends.workspace import RuleViolation, TrafficState
+from finetune_phi.workspace import RuleViolation, TrafficState
 
 MAX_MIRROR_PERCENT = 50
 

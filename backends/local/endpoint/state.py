@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from backends.local.endpoint.rules import validate_name
-from backends.workspace import EndpointKeys, NotFound, TrafficState, WorkspaceError
+from finetune_phi.workspace import EndpointKeys, NotFound, TrafficState, WorkspaceError
 
 SCHEMA_VERSION = 1
 STATE_FILE = "endpoint.json"

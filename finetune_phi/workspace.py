@@ -1,8 +1,12 @@
-"""The workspace interface: what the pipeline needs from a backend, local or Azure ML.
+"""The workspace interfaces: what the pipeline needs from a backend, local or Azure ML.
 
-One `Workspace` protocol, two implementations: `backends.local` (processes, MLflow on sqlite,
-a local endpoint on loopback) and `backends.azure` (azure-ai-ml SDK v2). Tasks only ever talk
-to this protocol, so the flow is the same on both.
+Three protocols, one per part a stage actually uses: `TrainingJobs` (the training environment,
+compute and jobs), `ModelRegistry` (versions, tags, aliases) and `OnlineEndpoints` (endpoint,
+deployments, traffic, scoring). A `Workspace` is the three together plus its `kind`. Two
+backends implement them: `backends.local` (processes, MLflow on sqlite, a local endpoint on
+loopback) and `backends.azure` (azure-ai-ml SDK v2), each part by a class of its own, so there
+is no forwarding layer. Tasks only ever talk to these protocols, so the flow is the same on
+both; each backend owns its defaults (which environment and compute a job runs on).
 
 Names follow Azure ML where it has one: job statuses are Azure's strings, an endpoint has
 deployments, `traffic` maps deployment name -> percent of live requests, `mirror_traffic` maps
@@ -20,6 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from finetune_phi.errors import FinetunePhiError
 from trainer.config import Hyperparameters, RunOptions
 
 # The header that targets one deployment, bypassing the traffic map and mirroring (Azure's).
@@ -57,14 +62,15 @@ TERMINAL_JOB_STATUSES = frozenset(
 )
 
 
-class WorkspaceError(RuntimeError):
+class WorkspaceError(FinetunePhiError, RuntimeError):
     """A backend operation failed. `transient` says whether retrying the same call may help
     (a timeout, a 429/503, a connection reset) as opposed to a bad request or a missing thing.
     Task retries are decided by this flag only (see `is_transient`)."""
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+    def __init__(self, message: str, *, transient: bool = False, status: int | None = None):
         super().__init__(message)
         self.transient = transient
+        self.status = status  # the HTTP status behind it, when there was one
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -83,6 +89,27 @@ def is_transient(exc: BaseException) -> bool:
     from requests.exceptions import Timeout
 
     return isinstance(exc, RequestsConnectionError | Timeout)
+
+
+# Statuses worth retrying as they are: the request timed out (408), the deployment was over
+# its capacity (429), or the service or a container failed on its side (5xx).
+TRANSIENT_SCORING_STATUSES = frozenset({408, 429})
+
+
+def scoring_error(
+    endpoint: str, status: int, body: str, *, deployment: str | None = None, served_by: str = ""
+) -> WorkspaceError:
+    """The error for a scoring call that answered `status` >= 400, the same on every backend:
+    NotFound for 404, transient for 408, 429 and 5xx, the body (first 2,000 characters) in
+    the message. `deployment` is the one a direct call targeted; `served_by` the one that
+    answered, when the endpoint says."""
+    target = f"deployment {deployment!r} of " if deployment else ""
+    by = f" (deployment {served_by!r})" if served_by else ""
+    message = f"{target}endpoint {endpoint!r} answered {status}{by}: {body[:2000]}"
+    if status == 404:
+        return NotFound(message, status=status)
+    transient = status >= 500 or status in TRANSIENT_SCORING_STATUSES
+    return WorkspaceError(message, transient=transient, status=status)
 
 
 class NotFound(WorkspaceError):
@@ -226,21 +253,22 @@ class TrafficState:
         return {name: pct for name, pct in self.traffic.items() if pct > 0}
 
 
-# --------------------------------------------------------------------------- the protocol
+# --------------------------------------------------------------------------- the protocols
 
 
 @runtime_checkable
-class Workspace(Protocol):
-    """Everything the pipeline asks of a backend. Methods block until the backend has done
-    what they say (deployments: until provisioned, not necessarily ready to score)."""
+class TrainingJobs(Protocol):
+    """Where and how a fine-tuning job runs. Methods block until the backend has done what
+    they say. The environment and compute are the backend's own (its settings say which)."""
 
-    kind: str  # "local" | "azure"
+    def ensure_environment(self) -> EnvironmentRef:
+        """The training environment, created if missing (idempotent)."""
+        ...
 
-    # environments and compute
-    def ensure_environment(self, spec: EnvironmentSpec) -> EnvironmentRef: ...
-    def ensure_compute(self, spec: ComputeSpec) -> ComputeRef: ...
+    def ensure_compute(self) -> ComputeRef:
+        """The training compute, created if missing (an existing one is used as it is)."""
+        ...
 
-    # jobs
     def submit_job(self, spec: TrainingJobSpec) -> JobRecord:
         """Start the job, or return the existing one of the same name (running or finished)."""
         ...
@@ -250,7 +278,11 @@ class Workspace(Protocol):
     def cancel_job(self, name: str) -> JobRecord: ...
     def find_jobs(self, tags: Mapping[str, str]) -> list[JobRecord]: ...
 
-    # models
+
+@runtime_checkable
+class ModelRegistry(Protocol):
+    """Registered model versions, their tags and aliases (`champion`, `challenger`)."""
+
     def register_model(
         self, name: str, model_uri: str, *, tags: Mapping[str, str], job_name: str | None = None
     ) -> ModelVersion:
@@ -272,24 +304,26 @@ class Workspace(Protocol):
     def set_model_alias(self, name: str, alias: str, version: str) -> None: ...
     def delete_model_alias(self, name: str, alias: str) -> None: ...
 
-    # endpoints
+
+@runtime_checkable
+class OnlineEndpoints(Protocol):
+    """An online endpoint, its deployments, traffic and scoring. Deployment calls block until
+    provisioned (not necessarily ready to score)."""
+
     def get_or_create_endpoint(self, name: str) -> EndpointInfo: ...
     def get_endpoint_keys(self, name: str) -> EndpointKeys: ...
 
-    # deployments
     def create_or_update_deployment(self, spec: DeploymentSpec) -> DeploymentInfo: ...
     def get_deployment(self, endpoint: str, name: str) -> DeploymentInfo | None: ...
     def list_deployments(self, endpoint: str) -> list[DeploymentInfo]: ...
     def delete_deployment(self, endpoint: str, name: str) -> None: ...
     def get_deployment_logs(self, endpoint: str, name: str, *, lines: int = 100) -> str: ...
 
-    # traffic
     def get_traffic(self, endpoint: str) -> TrafficState: ...
     def set_traffic(self, endpoint: str, state: TrafficState) -> TrafficState:
         """Apply the traffic and mirror maps together; returns what the backend now reports."""
         ...
 
-    # scoring
     def invoke(
         self,
         endpoint: str,
@@ -299,5 +333,20 @@ class Workspace(Protocol):
         timeout: float = 60.0,
     ) -> Any:
         """POST the request to the endpoint (or to one deployment via the header); the
-        decoded JSON response. Raises WorkspaceError with the status and body on HTTP errors."""
+        decoded JSON response. Raises WorkspaceError with the status and body on HTTP errors
+        (see `scoring_error`)."""
         ...
+
+
+@runtime_checkable
+class Workspace(Protocol):
+    """A backend: its three parts. Stages take the part they need (`workspace.jobs`, ...)."""
+
+    kind: str  # "local" | "azure"
+
+    @property
+    def jobs(self) -> TrainingJobs: ...
+    @property
+    def registry(self) -> ModelRegistry: ...
+    @property
+    def endpoints(self) -> OnlineEndpoints: ...
