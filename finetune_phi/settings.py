@@ -2,7 +2,10 @@
 
 A profile is a YAML file (`configs/profiles/<name>.yaml`) validated into frozen, strict
 models; environment variables override single keys (`FINETUNE_PHI__TRAINING__LEARNING_RATE=1e-4`
-sets `training.learning_rate`). Unknown keys and wrong types are errors that name the key.
+sets `training.learning_rate`), `--set training.seed=1` (the `overrides` of `load_profile`) beats
+both. Unknown keys and wrong types are errors that name the key (and the variable, when a
+variable set it). pydantic-settings reads the three sources, in the precedence
+`_ProfileSources.settings_customise_sources` declares; `load_profile` merges and validates.
 Secrets never go here: Azure authenticates with `DefaultAzureCredential`, endpoint keys are
 fetched at run time.
 
@@ -14,17 +17,28 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, create_model, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from finetune_phi.chat_data.config import DataSettings
 from finetune_phi.config_base import StrictModel
 from trainer.config import Hyperparameters, RunOptions
 
 ENV_PREFIX = "FINETUNE_PHI__"
+ENV_NESTED_DELIMITER = "__"
 PROFILE_ENV = "FINETUNE_PHI_PROFILE"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO_ROOT / "configs" / "profiles"
@@ -282,15 +296,133 @@ def set_path(tree: dict[str, Any], path: Sequence[str], value: Any, *, label: st
     node[path[-1]] = value
 
 
+def _has_path(tree: Mapping[str, Any], path: Sequence[str]) -> bool:
+    node: Any = tree
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+# --- where a profile's values come from: pydantic-settings sources ----------------------------
+
+
+class _ProfileFile(YamlConfigSettingsSource):
+    """The profile's YAML file (`yaml_file` of the settings class), with the errors a user reads."""
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file_path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{file_path}: a profile is a mapping of keys, got {type(data).__name__}"
+            )
+        return data
+
+
+class _ProfileEnvironment(EnvSettingsSource):
+    """FINETUNE_PHI__A__B=value variables as a nested mapping, read from `environ`.
+
+    pydantic-settings matches the prefix, splits the names at `__` and nests them under the
+    profile's sections; every value goes through `parse_override_value`, as a `--set` value does.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        # The prefix as written (upper case), sorted: one result whatever the environment's order.
+        self.variables = {k: environ[k] for k in sorted(environ) if k.startswith(ENV_PREFIX)}
+        super().__init__(settings_cls, case_sensitive=False)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # The mapping given rather than os.environ (tests and callers pass their own).
+        return {name.lower(): value for name, value in self.variables.items()}
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
+        return parse_override_value(value)
+
+    def __call__(self) -> dict[str, Any]:
+        tree = super().__call__()
+        # Hand-written, because pydantic-settings drops, without a word, the variables it cannot
+        # place: a name that is no key of the profile (FINETUNE_PHI__TRANING__X), a key under a
+        # value that is not a mapping, a top-level null. Putting each back where its name says
+        # lets validation report it as an unknown key or a wrong type (naming the variable, see
+        # `load_profile`), or fails here on a conflict or an empty segment, as `--set` does.
+        # And an empty variable means null, as before (pydantic-settings keeps "" as text).
+        for name, raw in self.variables.items():
+            path = self.key_path(name)
+            if raw == "" or not all(path) or not _has_path(tree, path):
+                set_path(tree, path, None if raw == "" else parse_override_value(raw), label=name)
+        return tree
+
+    @staticmethod
+    def key_path(name: str) -> tuple[str, ...]:
+        """FINETUNE_PHI__TRAINING__SEED -> ("training", "seed")."""
+        return tuple(name[len(ENV_PREFIX) :].lower().split(ENV_NESTED_DELIMITER))
+
+
+class _ProfileSources(BaseSettings):
+    """The three places a profile's values come from, in the precedence
+    `settings_customise_sources` gives them (highest first, pydantic-settings' convention).
+
+    Never instantiated: a profile is validated differently. pydantic-settings validates in
+    Python mode, where a strict model rejects "state" for a path and a list for a tuple; a
+    profile is `Profile`'s strict validation in JSON mode of the merged values. The fields (one
+    per `Profile` field, see `_SOURCES`) are typed `dict[str, dict]` only to steer the
+    environment source: it then nests every `__` and decodes every value, at any depth,
+    whatever the key's type, as `--set` values are read (pydantic-settings 2.6 and later alike).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        # Keys of the file and of --set are matched as written; the environment source is made
+        # case-insensitive on its own (variable names are upper case, keys lower case).
+        case_sensitive=True,
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # --set overrides (the init kwargs) > FINETUNE_PHI__* variables > the profile file.
+        # No .env file, no secrets folder.
+        return init_settings, env_settings, _ProfileFile(settings_cls)
+
+
+_SOURCES: type[_ProfileSources] = create_model(
+    "ProfileSources",
+    __base__=_ProfileSources,
+    **{name: (dict[str, dict], None) for name in Profile.model_fields},  # type: ignore[call-overload]
+)
+
+
+def _profile_sources(
+    path: Path, environ: Mapping[str, str], overrides: Mapping[str, Any]
+) -> tuple[PydanticBaseSettingsSource, ...]:
+    """The sources of one load, highest precedence first."""
+    settings_cls = create_model(
+        "ProfileSources", __base__=_SOURCES, __cls_kwargs__={"yaml_file": path}
+    )
+    nothing = InitSettingsSource(settings_cls, {})  # for the .env and secrets slots
+    return settings_cls.settings_customise_sources(
+        settings_cls,
+        init_settings=InitSettingsSource(settings_cls, dict(overrides)),
+        env_settings=_ProfileEnvironment(settings_cls, environ),
+        dotenv_settings=nothing,
+        file_secret_settings=nothing,
+    )
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """Nested overrides from FINETUNE_PHI__A__B=value variables (see `parse_override_value`)."""
-    tree: dict[str, Any] = {}
-    for key, raw in sorted(environ.items()):
-        if not key.startswith(ENV_PREFIX):
-            continue
-        path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__")]
-        set_path(tree, path, parse_override_value(raw) if raw != "" else None, label=key)
-    return tree
+    return _ProfileEnvironment(_SOURCES, environ)()
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -324,8 +456,8 @@ def _has_key(node: Any, part: str | int) -> bool:
     return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
 
 
-def _key_path(loc: Sequence[str | int], data: Any) -> str:
-    """The dotted path of an error as the user wrote it.
+def _key_parts(loc: Sequence[str | int], data: Any) -> list[str]:
+    """The path of an error as the user wrote it.
 
     Pydantic puts a tagged union's tag in the location (`backend.local.region`); walking the
     input keeps only parts that are keys (or indexes) of the data at that level.
@@ -340,23 +472,47 @@ def _key_path(loc: Sequence[str | int], data: Any) -> str:
         else:
             node = None  # past the input (a missing key): keep the rest as pydantic says
         parts.append(str(part))
-    return ".".join(parts) or "(top level)"
+    return parts
+
+
+def _key_path(loc: Sequence[str | int], data: Any) -> str:
+    """The dotted path of an error as the user wrote it (see `_key_parts`)."""
+    return ".".join(_key_parts(loc, data)) or "(top level)"
+
+
+def _related(a: Sequence[str], b: Sequence[str]) -> bool:
+    """One path is the other or inside it."""
+    return tuple(a[: len(b)]) == tuple(b) or tuple(b[: len(a)]) == tuple(a)
 
 
 def format_validation_error(
-    source: str, error: ValidationError, data: Mapping[str, Any] | None = None
+    source: str,
+    error: ValidationError,
+    data: Mapping[str, Any] | None = None,
+    *,
+    variables: Mapping[tuple[str, ...], str] | None = None,
 ) -> str:
+    """One line per problem, naming its key; `variables` (key path -> environment variable)
+    adds the variable a bad value came from."""
     lines = [f"{source}: invalid profile ({error.error_count()} problem(s))"]
     for item in error.errors():
-        key = _key_path(item["loc"], data if data is not None else {})
+        parts = _key_parts(item["loc"], data if data is not None else {})
+        key = ".".join(parts) or "(top level)"
         unknown = item["type"] in _UNKNOWN_KEY_ERRORS
         message = "unknown key" if unknown else item["msg"]
         shown = "" if unknown or item["type"] == "missing" else f" (got {item.get('input')!r})"
-        lines.append(f"  {key}: {message}{shown}")
+        names = sorted(name for path, name in (variables or {}).items() if _related(path, parts))
+        origin = f" (from {', '.join(names)})" if parts and names else ""
+        lines.append(f"  {key}: {message}{shown}{origin}")
     return "\n".join(lines)
 
 
-def validate_profile(data: Mapping[str, Any], *, source: str = "profile") -> Profile:
+def validate_profile(
+    data: Mapping[str, Any],
+    *,
+    source: str = "profile",
+    variables: Mapping[tuple[str, ...], str] | None = None,
+) -> Profile:
     """Validate a raw mapping into a Profile (JSON mode: '3' is never the integer 3)."""
     try:
         text = json.dumps(data)
@@ -365,7 +521,17 @@ def validate_profile(data: Mapping[str, Any], *, source: str = "profile") -> Pro
     try:
         return Profile.model_validate_json(text)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, exc, data)) from None
+        raise ConfigError(format_validation_error(source, exc, data, variables=variables)) from None
+
+
+def _leaf_paths(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths: list[tuple[str, ...]] = []
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            paths.extend(_leaf_paths(value, (*prefix, key)))
+        else:
+            paths.append((*prefix, key))
+    return paths
 
 
 def load_profile(
@@ -381,22 +547,30 @@ def load_profile(
     state_dir becomes absolute against `cwd` so every later stage sees one folder.
     """
     environ = os.environ if environ is None else environ
+    overrides = overrides or {}
     chosen = name_or_path or environ.get(PROFILE_ENV) or DEFAULT_PROFILE
     path = profile_path(chosen)
     if not path.is_file():
         raise ConfigError(
             f"profile {chosen!r} not found at {path}; available: {', '.join(available_profiles())}"
         )
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a profile is a mapping of keys, got {type(raw).__name__}")
-    merged = deep_merge(raw, env_overrides(environ))
-    if overrides:
-        merged = deep_merge(merged, overrides)
-    profile = validate_profile(merged, source=str(path))
+    sources = _profile_sources(path, environ, overrides)
+    # Hand-written: the merge. pydantic-settings merges its sources key by key (deep_update,
+    # highest first), which would keep a synthetic data source's keys under `data.source` after
+    # an override switches it to `kind: file`; `deep_merge` replaces a section whose kind
+    # changes, and that needs the sources below, so it folds from the lowest precedence up.
+    merged: dict[str, Any] = {}
+    for source in reversed(sources):
+        merged = deep_merge(merged, source())
+    # An error in a value the environment set names the variable, unless --set set it too.
+    env = next(source for source in sources if isinstance(source, _ProfileEnvironment))
+    overridden = _leaf_paths(overrides)
+    variables: dict[tuple[str, ...], str] = {}
+    for name in env.variables:
+        key = env.key_path(name)
+        if not any(_related(key, other) for other in overridden):
+            variables[key] = name
+    profile = validate_profile(merged, source=str(path), variables=variables)
     if not profile.state_dir.is_absolute():
         base = cwd or Path.cwd()
         profile = profile.model_copy(update={"state_dir": (base / profile.state_dir).resolve()})

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from finetune_phi.chat_data.config import SyntheticSource
+from finetune_phi.chat_data.config import FileSource, SyntheticSource
 from finetune_phi.settings import (
     ENV_PREFIX,
     PROFILE_ENV,
@@ -218,6 +218,161 @@ def test_env_override_accepts_exponent_notation_floats() -> None:
 def test_env_override_can_set_eval_strategy_no() -> None:
     environ = {f"{ENV_PREFIX}TRAINING__EVAL_STRATEGY": "no"}
     assert load_profile("azure", environ=environ).training.eval_strategy == "no"
+
+
+# --- the three sources together: file < environment < overrides ------------------------------
+
+THREE_SOURCES_PROFILE = """\
+name: three
+backend: {kind: local}
+training: {seed: 1, max_steps: 5, warmup_ratio: 0.3}
+data:
+  source: {kind: synthetic, conversations: 10, seed: 7}
+"""
+
+
+def test_each_nested_key_takes_the_highest_source_that_sets_it(tmp_path: Path) -> None:
+    path = write_profile(tmp_path, THREE_SOURCES_PROFILE)
+    environ = {
+        f"{ENV_PREFIX}TRAINING__SEED": "2",
+        f"{ENV_PREFIX}TRAINING__MAX_STEPS": "6",
+        f"{ENV_PREFIX}DATA__SOURCE__CONVERSATIONS": "20",
+    }
+    overrides = {"training": {"seed": 3}, "data": {"source": {"conversations": 30}}}
+
+    profile = load_profile(str(path), environ=environ, overrides=overrides)
+
+    assert profile.training.seed == 3  # file, environment and override: the override
+    assert profile.training.max_steps == 6  # file and environment: the environment
+    assert profile.training.warmup_ratio == 0.3  # the file alone
+    assert isinstance(profile.data.source, SyntheticSource)
+    assert profile.data.source.conversations == 30
+    assert profile.data.source.seed == 7
+
+
+def test_env_variable_with_a_json_object_switches_a_sections_kind(tmp_path: Path) -> None:
+    path = write_profile(tmp_path, THREE_SOURCES_PROFILE)
+    environ = {f"{ENV_PREFIX}DATA__SOURCE": '{"kind": "file", "path": "chats.jsonl"}'}
+
+    source = load_profile(str(path), environ=environ).data.source
+
+    # Replaced, not merged: the file's synthetic keys would be unknown keys of a file source.
+    assert isinstance(source, FileSource)
+    assert source.path == Path("chats.jsonl")
+
+
+def test_env_json_object_merges_with_nested_variables_and_keeps_its_strings() -> None:
+    environ = {
+        f"{ENV_PREFIX}BACKEND": '{"kind": "azure", "workspace": "3"}',
+        f"{ENV_PREFIX}BACKEND__REGION": "westeurope",
+    }
+
+    backend = load_profile("local", environ=environ).backend
+
+    assert isinstance(backend, AzureBackendSettings)
+    assert backend.workspace == "3"  # a JSON string inside the object is not read again
+    assert backend.region == "westeurope"
+    assert env_overrides(environ) == {
+        "backend": {"kind": "azure", "workspace": "3", "region": "westeurope"}
+    }
+
+
+def test_an_override_that_switches_the_kind_drops_what_the_environment_set_in_it() -> None:
+    environ = {f"{ENV_PREFIX}DATA__SOURCE__SEED": "4"}
+    overrides = {"data": {"source": {"kind": "file", "path": "chats.jsonl"}}}
+
+    source = load_profile("local", environ=environ, overrides=overrides).data.source
+
+    assert isinstance(source, FileSource)  # no "seed: unknown key" from the replaced section
+
+
+def test_an_env_variable_and_an_override_of_the_same_kind_both_apply() -> None:
+    environ = {f"{ENV_PREFIX}DATA__SOURCE__SEED": "4"}
+    overrides = {"data": {"source": {"kind": "synthetic", "conversations": 5}}}
+
+    source = load_profile("local", environ=environ, overrides=overrides).data.source
+
+    assert isinstance(source, SyntheticSource)
+    assert (source.conversations, source.seed) == (5, 4)
+
+
+def test_only_upper_case_prefixed_variables_are_overrides() -> None:
+    environ = {"finetune_phi__training__seed": "5", f"{ENV_PREFIX}training__max_steps": "4"}
+
+    profile = load_profile("local", environ=environ)
+
+    assert profile.training.seed == 0  # the file's: the prefix is matched as written
+    assert profile.training.max_steps == 4  # the keys after it are case-insensitive
+
+
+def test_file_and_override_keys_are_case_sensitive(tmp_path: Path) -> None:
+    path = write_profile(tmp_path, "Name: upper\nname: lower\nbackend: {kind: local}\n")
+    with pytest.raises(ConfigError, match="\n  Name: unknown key"):
+        load_profile(str(path), environ=NO_ENV)
+    assert "\n  Name: unknown key" in config_error(overrides={"Name": "x"})
+
+
+# --- errors in what the environment set name the variable -------------------------------------
+
+
+def test_a_misspelled_variable_is_an_unknown_key_naming_the_variable() -> None:
+    message = config_error(environ={f"{ENV_PREFIX}TRANING__MAX_STEPS": "3"})
+
+    assert str(PROFILES_DIR / "local.yaml") in message
+    assert "\n  traning: unknown key (from FINETUNE_PHI__TRANING__MAX_STEPS)" in message
+
+
+def test_bad_variables_are_reported_with_every_other_problem() -> None:
+    environ = {f"{ENV_PREFIX}TRAINING__BOGUS": "1", f"{ENV_PREFIX}EXTRA": "true"}
+
+    message = config_error(environ=environ, overrides={"data": {"bogus": 1}})
+
+    assert "3 problem(s)" in message
+    assert "\n  training.bogus: unknown key (from FINETUNE_PHI__TRAINING__BOGUS)" in message
+    assert "\n  extra: unknown key (from FINETUNE_PHI__EXTRA)" in message
+    assert "\n  data.bogus: unknown key\n" in message + "\n"  # an override: no variable
+
+
+def test_a_wrong_type_from_a_variable_names_the_key_and_the_variable() -> None:
+    message = config_error(environ={f"{ENV_PREFIX}TRAINING__SEED": "abc"})
+    assert re.search(
+        r"\n  training\.seed: .*\(got 'abc'\) \(from FINETUNE_PHI__TRAINING__SEED\)", message
+    )
+
+
+def test_a_variable_is_not_blamed_for_a_value_an_override_replaced() -> None:
+    message = config_error(
+        environ={f"{ENV_PREFIX}TRAINING__SEED": "abc"}, overrides={"training": {"seed": "x"}}
+    )
+    assert "(got 'x')" in message
+    assert "FINETUNE_PHI__" not in message
+
+
+def test_an_empty_variable_is_null() -> None:
+    assert env_overrides({f"{ENV_PREFIX}NAME": ""}) == {"name": None}
+    message = config_error(environ={f"{ENV_PREFIX}NAME": ""})
+    assert (
+        "\n  name: Input should be a valid string (got None) (from FINETUNE_PHI__NAME)" in message
+    )
+    assert env_overrides({f"{ENV_PREFIX}NAME": '""'}) == {"name": ""}  # JSON's empty string
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"NAME": "ci", "NAME__X": "1"},
+            "FINETUNE_PHI__NAME__X: conflicts with another override of 'name'",
+        ),
+        ({"TRAINING": "null", "TRAINING__SEED": "1"}, "FINETUNE_PHI__TRAINING__SEED: conflicts"),
+        ({"TRAINING__SEED": "1", "TRAINING__SEED__X": "2"}, "of 'seed'"),
+    ],
+)
+def test_a_variable_under_a_value_that_is_not_a_mapping_is_a_conflict(
+    environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_profile("local", environ={ENV_PREFIX + k: v for k, v in environ.items()})
 
 
 # --- errors name the file and every bad key ---------------------------------------------------
