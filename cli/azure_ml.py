@@ -39,13 +39,15 @@ def run_azure_command(args: argparse.Namespace, profile: Profile) -> int:
         print("preflight passed" if ok else "preflight failed", file=sys.stderr)
         return 0 if ok else 1
     from backends.azure.dry_run import PLACEHOLDER_SHA256, build_dry_run
+    from finetune_phi.run_plan import DatasetFacts, Observed, plan_run, resolve_base_model
 
-    kwargs: dict[str, Any] = {"dataset_sha256": args.dataset_sha256 or PLACEHOLDER_SHA256}
-    if args.train_file:
-        kwargs["train_file"] = args.train_file
-    if args.eval_file:
-        kwargs["eval_file"] = args.eval_file
-    text = build_dry_run(profile, **kwargs).render()
+    dataset = DatasetFacts(
+        args.dataset_sha256 or PLACEHOLDER_SHA256,
+        args.train_file or "state/datasets/<sha256>/train.jsonl",
+        args.eval_file or "state/datasets/<sha256>/test.jsonl",
+    )
+    plan = plan_run(profile, resolve_base_model(profile), dataset, Observed(registry_read=False))
+    text = build_dry_run(plan).render()
     if args.output:
         Path(args.output).write_text(text)
         print(f"dry run written to {args.output}", file=sys.stderr)

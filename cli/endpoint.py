@@ -22,11 +22,11 @@ from typing import Any
 import yaml
 
 from backends import open_workspace
+from finetune_phi.rollout import NothingToRollBack, rollback_target
 from finetune_phi.settings import ConfigError, Profile
 from finetune_phi.workspace import (
     CHALLENGER,
     CHAMPION,
-    DeploymentInfo,
     TrafficState,
     Workspace,
     WorkspaceError,
@@ -104,68 +104,6 @@ def run_endpoint_command(args: argparse.Namespace, profile: Profile) -> int:
     elif action == "rollback":
         return _rollback(args, profile, name)
     return 0
-
-
-class NothingToRollBack(WorkspaceError):
-    """The endpoint has no other deployment to put the traffic back on."""
-
-
-def rollback_target(
-    traffic: TrafficState,
-    deployments: dict[str, DeploymentInfo],
-    champion_model: str | None,
-    requested: str | None = None,
-) -> str:
-    """Pure: the deployment that gets all live traffic back.
-
-    One live deployment: the other one (blue <-> green). Traffic split (a rollout stopped
-    halfway): the live deployment serving the champion (the alias moves only once a rollout
-    has succeeded). `requested` (`--deployment`) overrides both.
-    """
-    names = sorted(deployments)
-    live = traffic.live
-    if requested is not None:
-        if requested not in deployments:
-            raise NothingToRollBack(
-                f"endpoint has no deployment {requested!r} (deployments: {', '.join(names)})"
-            )
-        return requested
-    if not live:
-        raise NothingToRollBack(
-            "nothing to roll back: no deployment has live traffic "
-            "(route some with `finetune-phi endpoint traffic NAME=100`)"
-        )
-    if len(live) == 1:
-        (current,) = live
-        others = [name for name in names if name != current]
-        if not others:
-            serving = deployments[current].model if current in deployments else "?"
-            raise NothingToRollBack(
-                f"nothing to roll back to: {current!r} (serving {serving}) is the only "
-                "deployment; the previous colour was retired after the rollout (keep it next "
-                "time with --set rollout.keep_previous=true)"
-            )
-        pair = {"blue": "green", "green": "blue"}.get(current)
-        if pair in others:
-            return pair
-        if len(others) == 1:
-            return others[0]
-        raise NothingToRollBack(
-            f"several deployments besides {current!r} ({', '.join(others)}): choose one with "
-            "--deployment NAME"
-        )
-    on_champion = [
-        name
-        for name in live
-        if deployments.get(name) is not None and deployments[name].model == champion_model
-    ]
-    if len(on_champion) == 1:
-        return on_champion[0]
-    shares = ", ".join(f"{n}={p}" for n, p in sorted(live.items()))
-    raise NothingToRollBack(
-        f"traffic is split ({shares}) and no single live deployment serves the champion: "
-        "choose one with --deployment NAME"
-    )
 
 
 def _split_model(model: str) -> tuple[str, str] | None:

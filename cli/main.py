@@ -28,8 +28,8 @@ import yaml
 
 from cli.options import parse_assignments, profile_from_args, with_profile
 from finetune_phi import __version__
+from finetune_phi.errors import FinetunePhiError
 from finetune_phi.settings import ConfigError, load_profile
-from finetune_phi.workspace import WorkspaceError
 
 # --------------------------------------------------------------------------- commands
 
@@ -200,22 +200,33 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_paragraph(exc: BaseException, prefix: str = "") -> str:
+    """An error as one paragraph for the terminal: `finetune-phi: <first line>`, the rest of
+    its lines indented under it (a data report, a smoke test's answers)."""
+    lines = [line.rstrip() for line in str(exc).strip().splitlines() if line.strip()]
+    first, rest = (lines[0], lines[1:]) if lines else (type(exc).__name__, [])
+    return "\n".join([f"finetune-phi: {prefix}{first}", *(f"  {line.strip()}" for line in rest)])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    prefix = "run failed: " if args.command in ("run", "demo") else ""
     try:
         return int(args.func(args))
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"finetune-phi: {exc}", file=sys.stderr)
+    except FinetunePhiError as exc:
+        # Expected failures (a bad profile or data file, a failed job, a rolled-back rollout,
+        # a backend that refused): the message says what happened; no traceback. Anything
+        # else that escapes is a bug and keeps its traceback.
+        print(error_paragraph(exc, prefix), file=sys.stderr)
+        return exc.exit_code
+    except ValueError as exc:  # DataValidationError: until it is a UsageError
+        print(error_paragraph(exc, prefix), file=sys.stderr)
         return 2
-    except WorkspaceError as exc:  # a backend refused or failed: its message says why
-        print(f"finetune-phi: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        # Data validation failures (DataValidationError) are ValueErrors with a full report.
-        print(f"finetune-phi: {exc}", file=sys.stderr)
+    except FileNotFoundError as exc:
+        print(error_paragraph(exc, prefix), file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. a tokenizer or dataset that cannot be read or downloaded
-        print(f"finetune-phi: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(error_paragraph(exc, f"{prefix}{type(exc).__name__}: "), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("finetune-phi: interrupted", file=sys.stderr)

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from finetune_phi.rollout import ROLLOUT_TAG
 from finetune_phi.settings import ConfigError, Profile
 from finetune_phi.state import StateLayout
 from finetune_phi.workspace import CHALLENGER, CHAMPION, ModelVersion
@@ -29,7 +30,17 @@ Examples:
   finetune-phi models --profile azure        # the Azure ML workspace's registry
 """
 
-COLUMNS = ("version", "aliases", "gate", "gate loss", "eval loss", "dataset", "base model", "job")
+COLUMNS = (
+    "version",
+    "aliases",
+    "gate",
+    "rollout",
+    "gate loss",
+    "eval loss",
+    "dataset",
+    "base model",
+    "job",
+)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -56,10 +67,16 @@ def version_row(version: ModelVersion) -> list[str]:
     gate = tags.get("gate") or ""
     if tags.get("rolled_back"):
         gate = f"{gate} (rolled back)" if gate else "rolled back"
+    # What happened after the gate: a rollout that failed its checks and was rolled back
+    # (the gate's "promoted" alone would read as if it served).
+    rollout = tags.get(ROLLOUT_TAG) or ("serving" if CHAMPION in version.aliases else "-")
+    if rollout.startswith("failed"):
+        rollout = f"{rollout}, rolled back"
     return [
         version.version,
         ",".join(version.aliases) or "-",
         gate or "-",
+        rollout,
         _loss(tags.get("gate_eval_loss")),
         _loss(tags.get("eval_loss")),
         (tags.get("dataset_sha256") or "-")[:12],

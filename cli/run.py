@@ -13,19 +13,29 @@ it adds the Azure dry run (every entity as `az ml` YAML and the call plan, no cr
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import logging
 import os
-import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finetune_phi.errors import FinetunePhiError
+from finetune_phi.lineage import training_job_name
+from finetune_phi.run_plan import (
+    DatasetFacts,
+    Observed,
+    describe_source,
+    observe,
+    plan_run,
+    resolve_base_model,
+)
 from finetune_phi.settings import (
     DEFAULT_PROFILE,
     PROFILE_ENV,
     TINY_MODEL,
-    ConfigError,
     Profile,
     load_profile,
 )
@@ -33,13 +43,10 @@ from finetune_phi.state import StateLayout
 
 if TYPE_CHECKING:
     from finetune_phi.chat_data import DatasetManifest
-    from finetune_phi.workspace import ModelVersion
-    from trainer.config import Hyperparameters
+    from finetune_phi.results import PipelineResult
 
-# The demo runs on a machine that may have no internet: Prefect's temporary server would log a
-# failed analytics call at start-up. Users who set these themselves keep their choice.
-# (Telemetry is off already: finetune_phi.telemetry, applied on import.)
-OFFLINE_PREFECT_DEFAULTS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true"}
+__all__ = ["describe_source", "dry_run", "run_pipeline"]  # describe_source: cli.data uses it
+
 
 EXAMPLES = """\
 Examples:
@@ -64,99 +71,139 @@ def profile_choice(args: argparse.Namespace) -> str:
 
 
 def run_pipeline(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    """Run the flow (Prefect starts a temporary server unless PREFECT_API_URL is set), draw
-    the gate's picture, print the summary. A failed run is one line and exit status 1."""
-    # Prefect's analytics (which would also log a failed call on an offline machine) are off
-    # already: finetune_phi.telemetry, applied when the package is imported.
+    """Run the flow (Prefect starts a temporary server unless PREFECT_API_URL is set) and
+    print the summary. A failed run is one paragraph and exit status 1 (see cli.main)."""
     chosen = profile_choice(args)
     load_profile(chosen, overrides=overrides)  # a typo costs no Prefect start-up
-    from finetune_phi.report import (
-        print_pipeline_summary,
-        publish_gate_chart,
-        publish_traffic_chart,
-    )
     from flows.finetune import finetune_pipeline
 
-    try:
+    with quiet_expected_failures():
         result = finetune_pipeline(profile=chosen, overrides=overrides or None)
-    except (ConfigError, FileNotFoundError):
-        raise
-    except (RuntimeError, ValueError) as exc:
-        # A failed job, a rolled-back rollout, a smoke test that failed, data that does not
-        # validate: Prefect has logged the details above; this is the last word.
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        more = " (details in the log above)" if len(lines) > 1 else ""
-        print(f"finetune-phi: run failed: {lines[0]}{more}", file=sys.stderr)
-        return 1
-    pictures: dict[str, str] = {}
-    chart = publish_gate_chart(result)
-    if chart:
-        pictures["gate comparison"] = chart
-    traffic = publish_traffic_chart(result)
-    if traffic:
-        pictures["traffic"] = traffic
-    print_pipeline_summary(result, pictures)
+    print_pipeline_summary(result)
     return 0
+
+
+class ExpectedFailureFilter(logging.Filter):
+    """On the terminal, an expected failure (a `FinetunePhiError`: a rolled-back rollout, a
+    failed job, data that does not validate) is said once, by the command's last paragraph.
+    Prefect would also log it with a traceback for the task and again for the flow; those
+    records are dropped here, and its 'Finished in state Failed(...)' lines keep their first
+    line only. The Prefect UI (the API log handler) still gets everything."""
+
+    STATE_LINE = "Finished in state Failed("
+    LIMIT = 160
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, FinetunePhiError):
+            return False
+        message = record.getMessage()
+        if message.startswith(self.STATE_LINE) and ("\n" in message or len(message) > self.LIMIT):
+            short = message.splitlines()[0]
+            record.msg = (short[: self.LIMIT] + "...") if len(short) > self.LIMIT else short
+            record.args = ()
+        return True
+
+
+@contextlib.contextmanager
+def quiet_expected_failures() -> Iterator[None]:
+    """Put `ExpectedFailureFilter` on Prefect's console handlers (set up when prefect is
+    imported) for the duration of a run."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    quiet = ExpectedFailureFilter()
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
+def endpoint_asker(profile: Profile) -> Callable[[str], str]:
+    """A question -> answer function that goes through the profile's live endpoint."""
+    from backends import open_workspace
+
+    endpoints = open_workspace(profile).endpoints
+
+    def ask(question: str) -> str:
+        request = {
+            "messages": [{"role": "user", "content": question}],
+            "params": {"max_new_tokens": 48, "do_sample": False},
+        }
+        return str(endpoints.invoke(profile.endpoint.name, request)["content"])
+
+    return ask
+
+
+def print_pipeline_summary(result: PipelineResult) -> None:
+    """The run's last words: the summary, with answers from whatever serves live traffic, and
+    the pictures the report drew."""
+    from finetune_phi.report import sample_answers, summary_lines
+
+    serving = bool(result.traffic_after or result.traffic_before)
+    answers = sample_answers(endpoint_asker(result.settings)) if serving else []
+    print("\n".join(summary_lines(result, answers, result.pictures)))
 
 
 # --------------------------------------------------------------------------- the dry run
 
 
-@dataclass
-class PlannedDataset:
-    manifest: DatasetManifest | None
-    how: str  # how the sha256 was found, or why it is not known
-    train_file: str | None = None
-    eval_file: str | None = None
+def preview_dataset(profile: Profile, base_model: str, scratch: Path) -> DatasetFacts:
+    """The dataset a run would train on, prepared in `scratch` (never in the state folder)."""
+    from finetune_phi.chat_data import prepare_dataset
+    from finetune_phi.tiny_model import build_default_tiny_phi3, is_built
+    from tasks.dataset import chat_token_counter
 
+    layout = StateLayout(profile.state_dir)
+    if profile.data.source.kind == "hub":
+        earlier = _earlier_manifest(profile)
+        if earlier is None:
+            return DatasetFacts(
+                None,
+                how="not known: a hub source is downloaded by the run itself (not by a dry run)",
+            )
+        folder = layout.datasets_dir / earlier.dataset_sha256[:16]
+        return _facts(
+            earlier,
+            folder,
+            "from an earlier preparation of the same hub source in this state folder",
+        )
+    tokenizer = base_model
+    if profile.model.base == TINY_MODEL and not is_built(layout.tiny_model_dir):
+        # Deterministic: a scratch build has the very tokenizer the run would build.
+        from transformers.utils import logging as transformers_logging
 
-@dataclass
-class Plan:
-    lines: list[str] = field(default_factory=list)
-
-    def add(self, label: str, text: str) -> None:
-        self.lines.append(f"{label:<10} {text}")
-
-    def more(self, text: str) -> None:
-        self.lines.append(f"{'':<10} {text}")
-
-
-def describe_source(profile: Profile) -> str:
-    """Where the records come from, in a few words."""
-    source = profile.data.source
-    if source.kind == "synthetic":
-        return f"synthetic: {source.conversations} conversations, seed {source.seed}"
-    if source.kind == "file":
-        return f"file {source.path}"
-    return f"hub {source.name} ({source.config}) split {source.split}" + (
-        f" @ {source.revision}" if source.revision else ""
+        transformers_logging.disable_progress_bar()
+        tokenizer = str(build_default_tiny_phi3(scratch / "tiny-phi3"))
+    try:
+        counter = chat_token_counter(tokenizer)
+    except OSError as exc:  # e.g. a hub model with no internet and no cache
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return DatasetFacts(
+            None, how=f"not known: the tokenizer of {base_model} is unavailable ({first})"
+        )
+    manifest = prepare_dataset(profile.data, scratch / "dataset", count_tokens=counter)
+    folder = layout.datasets_dir / manifest.dataset_sha256[:16]
+    how = "prepared in a temporary folder" + (
+        "; the same folder already exists in the state folder" if folder.is_dir() else ""
     )
+    return _facts(manifest, folder, how)
 
 
-def describe_data(profile: Profile) -> str:
-    data = profile.data
-    return (
-        f"{describe_source(profile)}; test fraction {data.test_fraction:g} (seed {data.seed}), "
-        f"at most {data.max_tokens} tokens, invalid records: {data.invalid.action}"
+def _facts(manifest: DatasetManifest, folder: Path, how: str) -> DatasetFacts:
+    counts = manifest.counts
+    return DatasetFacts(
+        manifest.dataset_sha256,
+        str(folder / "train.jsonl"),
+        str(folder / "test.jsonl"),
+        how=how,
+        train_count=counts.train,
+        test_count=counts.test,
+        invalid_count=counts.invalid,
     )
-
-
-def describe_training(profile: Profile) -> str:
-    hp = profile.training
-    length = f"{hp.max_steps} steps" if hp.max_steps > 0 else f"{hp.num_train_epochs:g} epochs"
-    return (
-        f"{hp.method}, {length}, lr {hp.learning_rate:g} {hp.lr_scheduler_type} "
-        f"(warmup {hp.warmup_ratio:g}), batch {hp.per_device_train_batch_size}"
-        f"x{hp.gradient_accumulation_steps}, max length {hp.max_length}, precision "
-        f"{hp.precision}, {hp.attn_implementation} attention, {batching(hp)}; "
-        f"config {hp.config_hash()[:12]}"
-    )
-
-
-def batching(hp: Hyperparameters) -> str:
-    if hp.packing:
-        return f"packed to {hp.max_length} tokens"
-    return "padding-free batches" if hp.padding_free else "padded batches"
 
 
 def _earlier_manifest(profile: Profile) -> DatasetManifest | None:
@@ -182,207 +229,64 @@ def _earlier_manifest(profile: Profile) -> DatasetManifest | None:
     return None
 
 
-def plan_dataset(profile: Profile, base_model: str, scratch: Path) -> PlannedDataset:
-    """The dataset a run would train on, prepared in `scratch` (never in the state folder)."""
-    from finetune_phi.chat_data import prepare_dataset
-    from finetune_phi.tiny_model import build_default_tiny_phi3, is_built
-    from tasks.dataset import chat_token_counter
+def observe_without_writing(profile: Profile, job_name: str | None) -> Observed:
+    """What the run would find, read without creating anything: an Azure workspace is not
+    read at all (no credential in a dry run); locally the registry, the job and the endpoint
+    are read only where the state folder already has them."""
+    if profile.backend.kind == "azure":
+        return Observed(
+            registry_read=False,
+            not_read={
+                "registry": "not read (the registry needs a credential: `finetune-phi azure "
+                "preflight --profile ...`)",
+                "job": "",
+                "endpoint": f"{profile.endpoint.name} (Azure managed online endpoint; not read)",
+            },
+        )
+    from backends.local.endpoint.state import list_endpoints
+    from backends.local.workspace import LocalWorkspace
+    from finetune_phi.run_plan import EndpointFacts
 
     layout = StateLayout(profile.state_dir)
-    if profile.data.source.kind == "hub":
-        earlier = _earlier_manifest(profile)
-        if earlier is None:
-            return PlannedDataset(
-                None, "not known: a hub source is downloaded by the run itself (not by a dry run)"
-            )
-        folder = layout.datasets_dir / earlier.dataset_sha256[:16]
-        return PlannedDataset(
-            earlier,
-            "from an earlier preparation of the same hub source in this state folder",
-            str(folder / "train.jsonl"),
-            str(folder / "test.jsonl"),
-        )
-    tokenizer = base_model
-    if profile.model.base == TINY_MODEL and not is_built(layout.tiny_model_dir):
-        # Deterministic: a scratch build has the very tokenizer the run would build.
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
-        tokenizer = str(build_default_tiny_phi3(scratch / "tiny-phi3"))
-    try:
-        counter = chat_token_counter(tokenizer)
-    except OSError as exc:  # e.g. a hub model with no internet and no cache
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return PlannedDataset(
-            None, f"not known: the tokenizer of {base_model} is unavailable ({first})"
-        )
-    manifest = prepare_dataset(profile.data, scratch / "dataset", count_tokens=counter)
-    folder = layout.datasets_dir / manifest.dataset_sha256[:16]
-    how = "prepared in a temporary folder" + (
-        "; the same folder already exists in the state folder" if folder.is_dir() else ""
-    )
-    return PlannedDataset(manifest, how, str(folder / "train.jsonl"), str(folder / "test.jsonl"))
-
-
-def _lineage(model: ModelVersion) -> str:
-    tags = model.tags
-    return (
-        f"dataset {tags.get('dataset_sha256', '?')[:12]}, base {tags.get('base_model', '?')}, "
-        f"config {tags.get('trainer_config_hash', '?')[:12]}"
-    )
+    workspace = LocalWorkspace(profile.state_dir)
+    has_job = job_name is not None and (layout.job_dir(job_name) / "job.json").is_file()
+    if layout.mlflow_db.is_file():
+        observed = observe(profile, workspace, job_name if has_job else None)
+        not_read: dict[str, str] = {}
+    else:
+        observed = Observed()
+        not_read = {
+            "registry": "none (no registry in the state folder yet): the first model trained "
+            "is promoted"
+        }
+    endpoint = EndpointFacts(exists=False)
+    if profile.endpoint.name in list_endpoints(profile.state_dir):
+        endpoint = observe(profile, workspace, endpoint=True).endpoint or endpoint
+    return dataclasses.replace(observed, endpoint=endpoint, not_read=not_read)
 
 
 def dry_run(profile: Profile, emit: Callable[[str], None] = print) -> int:
-    from finetune_phi.lineage import training_job_name
-    from tasks.base_model import resolve_base_model
-    from tasks.gate import lineage_matches
-
-    plan = Plan()
-    layout = StateLayout(profile.state_dir)
-    azure = profile.backend.kind == "azure"
-    plan.lines.append("dry run: nothing is built, trained, registered or deployed")
-    plan.add(
-        "profile",
-        f"{profile.name} ({profile.backend.kind} backend), state folder {profile.state_dir}"
-        + ("" if profile.state_dir.is_dir() else " (does not exist yet)"),
-    )
+    """Print the run plan (`finetune_phi.run_plan`), and for an azure profile the same plan
+    as Azure ML entities; read everything, change nothing."""
     base_model = resolve_base_model(profile)
-    plan.add("model", f"base {profile.model.base}, registered as {profile.model.registered_name}")
-    plan.add("data", describe_data(profile))
     with tempfile.TemporaryDirectory(prefix="finetune-phi-dry-run-") as scratch:
-        dataset = plan_dataset(profile, base_model, Path(scratch))
-    manifest = dataset.manifest
-    if manifest is not None:
-        counts = manifest.counts
-        plan.more(
-            f"dataset {manifest.dataset_sha256[:16]}: {counts.train} train / {counts.test} "
-            f"test, {counts.invalid} invalid left out ({dataset.how})"
-        )
-    else:
-        plan.more(f"dataset sha256 {dataset.how}")
-    plan.add("training", describe_training(profile))
-
-    sha = manifest.dataset_sha256 if manifest is not None else None
-    job_name = training_job_name(sha, base_model, profile.training) if sha else None
-    champion = None
-    if job_name is None:
-        plan.add("job", "named after the dataset's sha256, known once the data is prepared")
-    else:
-        plan.add("job", job_name + _job_state(profile, job_name))
-
-    registered = profile.model.registered_name
-    if azure:
-        plan.add(
-            "champion",
-            "not read (the registry needs a credential: `finetune-phi azure "
-            "preflight --profile ...`)",
-        )
-    elif not layout.mlflow_db.is_file():
-        plan.add(
-            "champion",
-            "none (no registry in the state folder yet): the first model trained is promoted",
-        )
-    else:
-        from backends import open_workspace
-        from finetune_phi.workspace import CHAMPION
-
-        champion = open_workspace(profile).registry.get_model_by_alias(registered, CHAMPION)
-        if champion is None:
-            plan.add("champion", f"none: the first {registered} trained is promoted")
-        elif sha is not None and lineage_matches(champion, profile, sha):
-            plan.add(
-                "champion",
-                f"{registered}:{champion.version} is up to date ({_lineage(champion)}):"
-                " nothing is trained; the run only makes sure it serves",
-            )
-        else:
-            plan.add("champion", f"{registered}:{champion.version} ({_lineage(champion)})")
-            verdict = (
-                "differs from this run's inputs"
-                if sha is not None
-                else "may differ (the dataset's sha256 is not known)"
-            )
-            plan.more(
-                f"{verdict}: a candidate is trained, then gated against it "
-                f"(loss tolerance {profile.gate.loss_tolerance:.0%}, fact accuracy tolerance "
-                f"{profile.gate.fact_accuracy_tolerance:.0%}, "
-                f"{profile.gate.max_eval_conversations} test conversations)"
-            )
-    up_to_date = (
-        champion is not None and sha is not None and lineage_matches(champion, profile, sha)
+        dataset = preview_dataset(profile, base_model, Path(scratch))
+    job_name = (
+        training_job_name(dataset.sha256, base_model, profile.training) if dataset.sha256 else None
     )
-
-    if azure:
-        plan.add("endpoint", f"{profile.endpoint.name} (Azure managed online endpoint; not read)")
-    else:
-        _plan_local_rollout(plan, profile, champion if up_to_date else None)
-    smoke = profile.smoke
-    plan.add(
-        "smoke",
-        f"Prompt flow smoke test: {smoke.questions} question(s), at least "
-        f"{smoke.min_accuracy:.0%} right (a failure rolls back)"
-        if smoke.enabled
-        else "Prompt flow smoke test disabled",
-    )
-
-    if not azure:
-        for line in plan.lines:
+    plan = plan_run(profile, base_model, dataset, observe_without_writing(profile, job_name))
+    lines = ["dry run: nothing is built, trained, registered or deployed", *plan.describe()]
+    if profile.backend.kind != "azure":
+        for line in lines:
             emit(line)
         return 0
     # The azure profile: the plan as YAML comments, then the Azure dry run (valid YAML).
-    from backends.azure.dry_run import PLACEHOLDER_SHA256, build_dry_run
+    from backends.azure.dry_run import build_dry_run
 
-    for line in plan.lines:
+    for line in lines:
         emit(f"# {line}")
-    kwargs: dict[str, Any] = {"dataset_sha256": sha or PLACEHOLDER_SHA256}
-    if dataset.train_file and dataset.eval_file:
-        kwargs.update(train_file=dataset.train_file, eval_file=dataset.eval_file)
-    emit(build_dry_run(profile, **kwargs).render().rstrip("\n"))
+    emit(build_dry_run(plan).render().rstrip("\n"))
     return 0
-
-
-def _job_state(profile: Profile, job_name: str) -> str:
-    if profile.backend.kind != "local":
-        return ""
-    job_dir = StateLayout(profile.state_dir).job_dir(job_name)
-    if not (job_dir / "job.json").is_file():
-        return " (new)"
-    from backends import open_workspace
-
-    job = open_workspace(profile).jobs.get_job(job_name)
-    reuse = {"Completed": "finished: re-used, not trained again", "Running": "running: re-attached"}
-    return f" (exists, {job.status.value}: {reuse.get(job.status.value, 'resubmitted, resumes')})"
-
-
-def _plan_local_rollout(plan: Plan, profile: Profile, champion: ModelVersion | None) -> None:
-    from backends.local.endpoint.state import list_endpoints
-    from finetune_phi.rollout import RolloutPlanError, plan_rollout
-    from finetune_phi.workspace import TrafficState
-
-    name = profile.endpoint.name
-    registered = profile.model.registered_name
-    model = f"{registered}:{champion.version}" if champion else f"{registered}:<next>"
-    if name in list_endpoints(profile.state_dir):
-        from backends import open_workspace
-
-        workspace = open_workspace(profile)
-        traffic = workspace.endpoints.get_traffic(name)
-        deployments = {d.name: d.model for d in workspace.endpoints.list_deployments(name)}
-        shown = ", ".join(f"{d}={m}" for d, m in sorted(deployments.items())) or "none"
-        plan.add("endpoint", f"{name}: traffic {dict(traffic.traffic)}, deployments {shown}")
-    else:
-        traffic, deployments = TrafficState(), {}
-        plan.add("endpoint", f"{name} does not exist yet: the rollout creates it")
-    prefix = "" if champion else "if the gate promotes: "
-    try:
-        rollout = plan_rollout(traffic, deployments, model, profile.rollout)
-    except RolloutPlanError as exc:
-        plan.add("rollout", f"{prefix}cannot start: {exc}")
-        return
-    steps = rollout.describe()
-    plan.add("rollout", prefix + steps[0])
-    for step in steps[1:]:
-        plan.more(step)
 
 
 # --------------------------------------------------------------------------- parser

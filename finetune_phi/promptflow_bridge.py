@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_phi.chat_data.synthetic import FactProbe, answer_matches
+from finetune_phi.errors import FinetunePhiError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FLOW_DIR = REPO_ROOT / "promptflow_app"
@@ -48,7 +49,7 @@ STDERR_TAIL_CHARS = 3000
 SMOKE_PARAMS: Mapping[str, Any] = {"do_sample": False, "max_new_tokens": 64}
 
 
-class PromptflowError(RuntimeError):
+class PromptflowError(FinetunePhiError, RuntimeError):
     """The flow could not run at all (no promptflow venv, a bad job, a crash, a timeout). A
     question the endpoint failed to answer is not this: it is a `FlowAnswer` with an error."""
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from finetune_phi.evaluation import GateDecision
     from finetune_phi.rollout import RolloutReport
     from finetune_phi.settings import Profile
-    from flows.finetune import PipelineResult
+    from finetune_phi.results import PipelineResult
 
 SAMPLE_QUESTIONS = 3
 GATE_CHART_FILE = "gate.png"
@@ -272,31 +272,6 @@ def sample_answers(
         answer = ask(probe.question)
         answers.append((probe.question, answer, answer_matches(probe, answer)))
     return answers
-
-
-def endpoint_asker(profile: Profile) -> Callable[[str], str]:
-    """A question -> answer function that goes through the profile's live endpoint."""
-    from backends import open_workspace
-
-    workspace = open_workspace(profile)
-
-    def ask(question: str) -> str:
-        request = {
-            "messages": [{"role": "user", "content": question}],
-            "params": {"max_new_tokens": 48, "do_sample": False},
-        }
-        return str(workspace.endpoints.invoke(profile.endpoint.name, request)["content"])
-
-    return ask
-
-
-def print_pipeline_summary(
-    result: PipelineResult, pictures: Mapping[str, str] | None = None
-) -> None:
-    """The demo's last words: the summary, with answers from whatever serves live traffic."""
-    serving = bool(result.traffic_after or result.traffic_before)
-    answers = sample_answers(endpoint_asker(result.settings)) if serving else []
-    print("\n".join(summary_lines(result, answers, pictures)))
 
 
 # --------------------------------------------------------------------------- pictures

@@ -23,15 +23,18 @@ The Prefect task that calls this has no retries for the same reason.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune_phi.errors import FinetunePhiError
 from finetune_phi.settings import RolloutSettings
 from finetune_phi.workspace import (
     CHALLENGER,
     CHAMPION,
+    DeploymentInfo,
     DeploymentSpec,
     ModelVersion,
     TrafficState,
@@ -48,11 +51,18 @@ DEFAULT_PROBE: dict[str, Any] = {
 }
 
 
-class RolloutPlanError(ValueError):
+def other_colour(colour: str) -> str | None:
+    """blue <-> green; None for a deployment that is not one of the two colours."""
+    if colour not in COLOURS:
+        return None
+    return COLOURS[1 - COLOURS.index(colour)]
+
+
+class RolloutPlanError(FinetunePhiError, ValueError):
     """The endpoint is in a state no plan can start from (e.g. blue and green both live)."""
 
 
-class RolloutFailed(RuntimeError):
+class RolloutFailed(FinetunePhiError, RuntimeError):
     """The rollout was undone; the message says at which step and why."""
 
 
@@ -311,6 +321,7 @@ def execute_rollout(
         # A resumed rollout's deployment was serving before this run: it stays.
         keep = plan.resumed_from > 0
         _undo(workspace, endpoint, model, new, original, event, keep_new=keep)
+        _record_failure(workspace, model, stage, exc)
         raise RolloutFailed(
             f"rollout of {plan.model} failed at {stage}: {exc}; traffic restored to "
             f"{dict(original.traffic)}, deployment {new!r} "
@@ -322,6 +333,19 @@ def execute_rollout(
     report.seconds = time.monotonic() - started
     event(f"rollout: done in {report.seconds:.1f} s, traffic {dict(report.final_traffic)}")
     return report
+
+
+ROLLOUT_TAG = "rollout"  # on a version whose rollout failed: "failed at <stage>"
+ROLLOUT_REASON_TAG = "rollout_reason"
+
+
+def _record_failure(workspace: Workspace, model: ModelVersion, stage: str, exc: Exception) -> None:
+    """Tag the version with how its rollout ended, so `finetune-phi models` shows that the
+    gate passed it but the rollout rolled it back. Best effort: the rollback already happened,
+    and a registry hiccup must not hide the reason."""
+    tags = {ROLLOUT_TAG: f"failed at {stage}", ROLLOUT_REASON_TAG: str(exc)[:500]}
+    with contextlib.suppress(WorkspaceError):
+        workspace.registry.set_model_tags(model.name, model.version, tags)
 
 
 def _promote(
@@ -375,3 +399,68 @@ def _undo(
         workspace.registry.delete_model_alias(model.name, CHALLENGER)
     except Exception as exc:
         event(f"rollback: could not clear the {CHALLENGER} alias: {exc}")
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+class NothingToRollBack(WorkspaceError):
+    """The endpoint has no other deployment to put the traffic back on."""
+
+
+def rollback_target(
+    traffic: TrafficState,
+    deployments: Mapping[str, DeploymentInfo],
+    champion_model: str | None,
+    requested: str | None = None,
+) -> str:
+    """Pure: the deployment that gets all live traffic back.
+
+    One live deployment: the other one (blue <-> green). Traffic split (a rollout stopped
+    halfway): the live deployment serving the champion (the alias moves only once a rollout
+    has succeeded). `requested` (`--deployment`) overrides both.
+    """
+    names = sorted(deployments)
+    live = traffic.live
+    if requested is not None:
+        if requested not in deployments:
+            raise NothingToRollBack(
+                f"endpoint has no deployment {requested!r} (deployments: {', '.join(names)})"
+            )
+        return requested
+    if not live:
+        raise NothingToRollBack(
+            "nothing to roll back: no deployment has live traffic "
+            "(route some with `finetune-phi endpoint traffic NAME=100`)"
+        )
+    if len(live) == 1:
+        (current,) = live
+        others = [name for name in names if name != current]
+        if not others:
+            serving = deployments[current].model if current in deployments else "?"
+            raise NothingToRollBack(
+                f"nothing to roll back to: {current!r} (serving {serving}) is the only "
+                "deployment; the previous colour was retired after the rollout (keep it next "
+                "time with --set rollout.keep_previous=true)"
+            )
+        pair = other_colour(current)
+        if pair in others:
+            return pair
+        if len(others) == 1:
+            return others[0]
+        raise NothingToRollBack(
+            f"several deployments besides {current!r} ({', '.join(others)}): choose one with "
+            "--deployment NAME"
+        )
+    on_champion = [
+        name
+        for name in live
+        if deployments.get(name) is not None and deployments[name].model == champion_model
+    ]
+    if len(on_champion) == 1:
+        return on_champion[0]
+    shares = ", ".join(f"{n}={p}" for n, p in sorted(live.items()))
+    raise NothingToRollBack(
+        f"traffic is split ({shares}) and no single live deployment serves the champion: "
+        "choose one with --deployment NAME"
+    )

@@ -73,27 +73,48 @@ class WorkspaceError(FinetunePhiError, RuntimeError):
         self.status = status  # the HTTP status behind it, when there was one
 
 
+# HTTP statuses worth retrying as they are, from any client: the request timed out (408), the
+# service is throttling (429), or it failed on its side (5xx).
+TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying may help: the one classification every task's retry condition uses.
 
     Backends raise WorkspaceError with `transient` decided where they know the cause (the local
-    endpoint by HTTP status, the Azure backend from azure-core's exception types). Anything
-    else (a bug, a validation error, a failed job) is permanent: retrying it only wastes time.
+    endpoint by HTTP status, the Azure backend from azure-core's exception types). The libraries
+    that reach a hub (datasets and transformers through huggingface_hub, which uses httpx; older
+    ones requests) raise their own types: a dropped connection or a timeout is transient, and
+    so is an HTTP error whose response says 408, 429 or 5xx. Anything else (a bug, a validation
+    error, a failed job, a 401 or 404 from the hub) is permanent: retrying only wastes time.
     """
     if isinstance(exc, WorkspaceError):
         return exc.transient
     if isinstance(exc, ConnectionError | TimeoutError):
         return True
-    # Downloads from a hub (datasets, huggingface_hub) fail with requests' own types.
+    if isinstance(exc, _transport_errors()):
+        return True
+    # requests.HTTPError, httpx.HTTPStatusError and huggingface_hub's HfHubHTTPError all carry
+    # the response they failed on.
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return isinstance(status, int) and status in TRANSIENT_HTTP_STATUSES
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection and timeout errors of the HTTP clients the stack uses, where installed
+    (httpx; httpx2, which huggingface_hub 2 uses; requests)."""
+    import importlib
+
     from requests.exceptions import ConnectionError as RequestsConnectionError
     from requests.exceptions import Timeout
 
-    return isinstance(exc, RequestsConnectionError | Timeout)
-
-
-# Statuses worth retrying as they are: the request timed out (408), the deployment was over
-# its capacity (429), or the service or a container failed on its side (5xx).
-TRANSIENT_SCORING_STATUSES = frozenset({408, 429})
+    errors: list[type[BaseException]] = [RequestsConnectionError, Timeout]
+    for client in ("httpx", "httpx2"):
+        try:
+            errors.append(importlib.import_module(client).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
 
 
 def scoring_error(
@@ -108,7 +129,7 @@ def scoring_error(
     message = f"{target}endpoint {endpoint!r} answered {status}{by}: {body[:2000]}"
     if status == 404:
         return NotFound(message, status=status)
-    transient = status >= 500 or status in TRANSIENT_SCORING_STATUSES
+    transient = status >= 500 or status in TRANSIENT_HTTP_STATUSES
     return WorkspaceError(message, transient=transient, status=status)
 
 

@@ -1,6 +1,6 @@
 """The fine-tuning pipeline as a Prefect flow: wiring only, no logic.
 
-    base model -> dataset -> environment, compute -> up to date? -> train -> register
+    base model -> dataset -> plan (up to date?) -> environment, compute -> train -> register
       -> quality gate (champion vs candidate) -> blue-green rollout with Prompt flow smoke test
       -> run report
 
@@ -14,39 +14,21 @@ Run it with `finetune-phi demo`, or as a Prefect deployment (prefect.yaml).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow
 
-from finetune_phi.evaluation import GateDecision
-from finetune_phi.rollout import RolloutReport
-from finetune_phi.settings import Profile, deep_merge, load_profile
-from finetune_phi.workspace import ModelVersion
+from finetune_phi.results import PipelineResult
+from finetune_phi.settings import deep_merge, load_profile
 from tasks.base_model import ensure_base_model
-from tasks.dataset import PreparedDataset, prepare_dataset_task
-from tasks.gate import check_up_to_date, quality_gate
+from tasks.dataset import prepare_dataset_task
+from tasks.gate import quality_gate
 from tasks.infrastructure import ensure_compute, ensure_environment
-from tasks.registry import Registration, register_model
+from tasks.plan import plan_run_task
+from tasks.registry import register_model
 from tasks.report import publish_report
 from tasks.rollout import endpoint_traffic, rollout_model
-from tasks.training import TrainingResult, train_model
-
-Status = Literal["promoted", "not promoted", "up to date"]
-
-
-@dataclass(frozen=True)
-class PipelineResult:
-    settings: Profile
-    status: Status
-    dataset: PreparedDataset
-    model: ModelVersion  # the candidate, or the champion when up to date
-    training: TrainingResult | None = None
-    registration: Registration | None = None
-    gate: GateDecision | None = None
-    rollout: RolloutReport | None = None
-    traffic_before: dict[str, int] | None = None
-    traffic_after: dict[str, int] | None = None
+from tasks.training import train_model
 
 
 def run_overrides(
@@ -115,10 +97,11 @@ def finetune_pipeline(
     )
     base = ensure_base_model(settings)
     dataset = prepare_dataset_task(settings, base)
-    champion = check_up_to_date(settings, dataset)
-    if champion is not None:
+    plan = plan_run_task(settings, base, dataset)
+    if plan.up_to_date and plan.champion is not None:
         # Nothing to train; the rollout makes sure the champion is what serves (a no-op when
         # it already has all traffic, a redeploy when the endpoint lost it).
+        champion = plan.champion
         rollout = rollout_model(settings, champion)
         result = PipelineResult(
             settings,
@@ -129,12 +112,12 @@ def finetune_pipeline(
             traffic_before=dict(rollout.plan.previous),
             traffic_after=dict(rollout.final_traffic),
         )
-        publish_report(result)
-        return result
+        return publish_report(result)
 
+    assert plan.job is not None  # a prepared dataset always has its sha256
     environment = ensure_environment(settings)
     compute = ensure_compute(settings)
-    trained = train_model(settings, base, dataset, environment, compute)
+    trained = train_model(settings, plan.job, environment, compute)
     registration = register_model(settings, dataset, trained)
     decision = quality_gate(settings, dataset, registration.model)
     if not decision.promote:
@@ -150,8 +133,7 @@ def finetune_pipeline(
             traffic_before=traffic,
             traffic_after=traffic,
         )
-        publish_report(result)
-        return result
+        return publish_report(result)
 
     rollout = rollout_model(settings, registration.model)
     result = PipelineResult(
@@ -166,5 +148,4 @@ def finetune_pipeline(
         dict(rollout.plan.previous),
         dict(rollout.final_traffic),
     )
-    publish_report(result)
-    return result
+    return publish_report(result)

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
+from finetune_phi.run_plan import resolve_base_model
 from finetune_phi.settings import TINY_MODEL, Profile
 from finetune_phi.state import StateLayout
 from finetune_phi.tiny_model import build_default_tiny_phi3, is_built
-
-
-def resolve_base_model(profile: Profile) -> str:
-    """What `from_pretrained` should load: the tiny model's folder, a hub id or a local path."""
-    if profile.model.base == TINY_MODEL:
-        return str(StateLayout(profile.state_dir).tiny_model_dir)
-    return profile.model.base
 
 
 @task(name="ensure-base-model", retries=0, timeout_seconds=600)

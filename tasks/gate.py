@@ -1,9 +1,9 @@
-"""Stages: is the champion already up to date, and may the new candidate replace it.
+"""Stage: may the new candidate replace the champion.
 
-`check_up_to_date` compares the champion's lineage with what this run would train; a match
-means nothing changed, so nothing is trained or deployed. `quality_gate` measures the
-candidate and the champion on the same held-out test set and records the decision on the
-candidate's registry entry (tags `gate`, `gate_reason`), promoted or rejected.
+`quality_gate` measures the candidate and the champion on the same held-out test set and
+records the decision on the candidate's registry entry (tags `gate`, `gate_reason`), promoted
+or rejected. (Whether the champion is already up to date is the run plan's decision:
+`tasks/plan.py`.)
 """
 
 from __future__ import annotations
@@ -13,43 +13,11 @@ from prefect import get_run_logger, task
 from backends import open_workspace
 from finetune_phi.chat_data.synthetic import fact_probes
 from finetune_phi.evaluation import GateDecision, evaluate_model, gate_decision, operator_veto
+from finetune_phi.results import PreparedDataset
 from finetune_phi.settings import Profile
 from finetune_phi.state import StateLayout
 from finetune_phi.workspace import CHAMPION, ModelVersion
-from tasks.dataset import PreparedDataset
 from tasks.retry import retry_if_transient
-
-
-def lineage_matches(champion: ModelVersion, profile: Profile, dataset_sha256: str) -> bool:
-    """Pure: would this run train exactly the champion again?"""
-    tags = champion.tags
-    return (
-        tags.get("dataset_sha256") == dataset_sha256
-        and tags.get("trainer_config_hash") == profile.training.config_hash()
-        and tags.get("base_model") == profile.model.base
-    )
-
-
-@task(
-    name="check-up-to-date",
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_if_transient,
-    timeout_seconds=300,
-)
-def check_up_to_date(profile: Profile, dataset: PreparedDataset) -> ModelVersion | None:
-    """The champion when its lineage matches this run's inputs, else None."""
-    workspace = open_workspace(profile)
-    champion = workspace.registry.get_model_by_alias(profile.model.registered_name, CHAMPION)
-    if champion is not None and lineage_matches(champion, profile, dataset.sha256):
-        get_run_logger().info(
-            "up to date: champion %s:%s was trained on dataset %s with this config",
-            champion.name,
-            champion.version,
-            dataset.sha256[:12],
-        )
-        return champion
-    return None
 
 
 @task(

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from prefect import get_run_logger, runtime, task
 
 from backends import open_workspace
 from finetune_phi.lineage import git_commit
+from finetune_phi.results import PreparedDataset, Registration, TrainingResult
+from finetune_phi.run_plan import input_tags
 from finetune_phi.settings import REPO_ROOT, Profile
-from finetune_phi.workspace import ModelVersion
-from tasks.dataset import PreparedDataset
 from tasks.retry import retry_if_transient
-from tasks.training import TrainingResult
-
-
-@dataclass(frozen=True)
-class Registration:
-    model: ModelVersion
-    created: bool  # False when this job's version was already registered (a re-run)
 
 
 def lineage_tags(
@@ -32,9 +23,8 @@ def lineage_tags(
         return "" if value is None else f"{float(value):.6g}"
 
     return {
-        "dataset_sha256": dataset.sha256,
-        "base_model": profile.model.base,
-        "trainer_config_hash": str(metrics["config_hash"]),
+        **input_tags(profile, dataset.sha256),
+        "trainer_config_hash": str(metrics["config_hash"]),  # what the trainer really used
         "train_loss": number("train_loss"),
         "eval_loss": number("eval_loss"),
         "eval_loss_before": number("eval_loss_before"),
@@ -42,7 +32,6 @@ def lineage_tags(
         "mlflow_run_id": str(metrics.get("mlflow_run_id") or ""),
         "flow_run_id": flow_run_id,
         "git_commit": git_commit(REPO_ROOT),
-        "profile": profile.name,
     }
 
 

@@ -15,6 +15,7 @@ from prefect import get_run_logger, task
 
 from backends import open_workspace
 from finetune_phi.chat_data.synthetic import FactProbe, fact_probes
+from finetune_phi.errors import FinetunePhiError
 from finetune_phi.rollout import RolloutReport, execute_rollout, plan_rollout
 from finetune_phi.settings import Profile
 from finetune_phi.workspace import ModelVersion, NotFound
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from finetune_phi.promptflow_bridge import SmokeResult
 
 
-class SmokeTestFailed(RuntimeError):
+class SmokeTestFailed(FinetunePhiError, RuntimeError):
     """The Prompt flow's answers were not good enough; the rollout is rolled back."""
 
 

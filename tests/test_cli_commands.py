@@ -380,7 +380,7 @@ def test_rollback_says_when_there_is_nothing_to_roll_back_to(
 
 
 def test_rollback_target_of_a_split_is_the_champions_deployment() -> None:
-    from cli.endpoint import NothingToRollBack, rollback_target
+    from finetune_phi.rollout import NothingToRollBack, rollback_target
     from finetune_phi.workspace import DeploymentInfo
 
     deployments = {

@@ -159,7 +159,7 @@ def test_architecture_has_the_flow_and_both_backends_as_mermaid() -> None:
     joined = "\n".join(diagrams)
     for stage in (
         "prepare-dataset",
-        "check-up-to-date",
+        "plan-run",
         "train-model",
         "register-model",
         "quality-gate",

@@ -17,19 +17,19 @@ from typing import Any
 import yaml
 
 from backends.azure import entities
-from finetune_phi.lineage import training_job_name
+from backends.azure.workspace import AzureConnection, AzureEndpoints, AzureJobs
 from finetune_phi.rollout import plan_rollout
-from finetune_phi.settings import REPO_ROOT, AzureBackendSettings, Profile
+from finetune_phi.run_plan import RunPlan, training_job_spec
+from finetune_phi.settings import REPO_ROOT, AzureBackendSettings
 from finetune_phi.workspace import (
     DeploymentSpec,
     EnvironmentRef,
+    EnvironmentSpec,
     ModelVersion,
     TrafficState,
-    TrainingJobSpec,
 )
 
 PLACEHOLDER_SHA256 = "0" * 64
-EXPERIMENT = "finetune-phi"  # tasks.training.EXPERIMENT (not imported: it pulls in Prefect)
 
 SCHEMAS = {
     "environment": "https://azuremlschemas.azureedge.net/latest/environment.schema.json",
@@ -80,51 +80,44 @@ class DryRun:
 
 
 def build_dry_run(
-    profile: Profile,
+    plan: RunPlan,
     *,
-    train_file: str = "state/datasets/<sha256>/train.jsonl",
-    eval_file: str = "state/datasets/<sha256>/test.jsonl",
-    dataset_sha256: str = PLACEHOLDER_SHA256,
     repo_root: Path = REPO_ROOT,
     staging_dir: Path | None = None,
 ) -> DryRun:
+    """The run plan as Azure ML entities and calls. A plan whose dataset is not known yet (a
+    hub source a dry run does not download) shows its job for `PLACEHOLDER_SHA256`."""
+    profile = plan.profile
     settings = profile.backend
     if not isinstance(settings, AzureBackendSettings):
         raise ValueError(f"profile {profile.name!r} is not an azure profile")
     run = DryRun()
     s = settings
+    connection = AzureConnection(s, repo_root=repo_root, code_staging_dir=staging_dir)
+    jobs, endpoints = AzureJobs(connection), AzureEndpoints(connection)
 
-    def env(name: str, image: str, conda: str, description: str) -> EnvironmentRef:
-        built = entities.build_environment(name, image, repo_root / conda, description)
+    def env(spec: EnvironmentSpec) -> EnvironmentRef:
+        built = entities.build_environment(
+            spec.name, spec.image, Path(spec.conda_file or ""), spec.description
+        )
         run.documents.append((f"environment {built.name}:{built.version}", "environment", built))
-        return EnvironmentRef(name, str(built.version))
+        return EnvironmentRef(spec.name, str(built.version))
 
-    training_env = env(
-        s.training_environment, s.training_image, s.training_conda_file, "finetune-phi training"
-    )
+    training_env = env(jobs.training_environment_spec())
     compute_spec = entities.training_compute_spec(s)
     run.documents.append(
         (f"compute {compute_spec.name}", "compute", entities.build_compute(compute_spec, s))
     )
 
-    base_model = profile.model.base
-    name = training_job_name(dataset_sha256, base_model, profile.training)
-    spec = TrainingJobSpec(
-        name=name,
-        experiment=EXPERIMENT,
-        base_model=base_model,
-        train_file=train_file,
-        eval_file=eval_file,
-        hyperparameters=profile.training,
-        run_options=profile.training_run,
-        tags={
-            "dataset_sha256": dataset_sha256,
-            "base_model": base_model,
-            "trainer_config_hash": profile.training.config_hash(),
-            "profile": profile.name,
-        },
-        display_name=f"fine-tune {base_model} on {dataset_sha256[:12]}",
+    spec = plan.job or training_job_spec(
+        profile,
+        plan.base_model,
+        PLACEHOLDER_SHA256,
+        "state/datasets/<sha256>/train.jsonl",
+        "state/datasets/<sha256>/test.jsonl",
     )
+    dataset_sha256 = spec.tags["dataset_sha256"]
+    name = spec.name
     code = entities.stage_code(
         [entities.TRAINER_PACKAGE], repo_root=repo_root, staging_root=staging_dir
     )
@@ -150,12 +143,7 @@ def build_dry_run(
 
     endpoint = entities.build_endpoint(profile.endpoint.name, s)
     run.documents.append((f"endpoint {profile.endpoint.name}", "endpoint", endpoint))
-    inference_env = env(
-        s.inference_environment,
-        s.inference_image,
-        s.inference_conda_file,
-        "finetune-phi inference",
-    )
+    inference_env = env(endpoints.inference_environment_spec())
     version = ModelVersion(model_name, "<next>", entities.model_uri(name))
     deployment = entities.build_deployment(
         DeploymentSpec(profile.endpoint.name, "blue", version),
@@ -191,10 +179,10 @@ def build_dry_run(
         f"{model_name}:<next>",
         profile.rollout,
     )
-    for label, plan in (("new endpoint", fresh), ("blue live", second)):
+    for label, rollout in (("new endpoint", fresh), ("blue live", second)):
         run.calls.append(
             f"rollout ({label}): "
-            + "; ".join(plan.describe())
+            + "; ".join(rollout.describe())
             + " -- via online_deployments.begin_create_or_update, online_endpoints.invoke "
             "(azureml-model-deployment header), online_endpoints.begin_create_or_update "
             "(traffic + mirror_traffic), models tags alias.challenger/alias.champion, "

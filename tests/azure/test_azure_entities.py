@@ -18,6 +18,7 @@ from azure_helpers import azure_settings, job_spec
 
 from backends.azure import entities
 from backends.azure.dry_run import DryRun, build_dry_run
+from finetune_phi.run_plan import DatasetFacts, Observed, plan_run
 from finetune_phi.settings import REPO_ROOT, load_profile
 from finetune_phi.workspace import DeploymentSpec, EnvironmentRef, ModelVersion
 
@@ -216,7 +217,8 @@ def test_distributed_job_when_more_than_one_node(tmp_path):
 def test_dry_run_documents_load_back_and_plan_is_ordered(tmp_path, monkeypatch):
     monkeypatch.setenv("FINETUNE_PHI__BACKEND__SUBSCRIPTION_ID", "sub")
     profile = load_profile("azure", environ={})
-    run = build_dry_run(profile, staging_dir=tmp_path / "stage")
+    plan = plan_run(profile, profile.model.base, DatasetFacts(None), Observed(registry_read=False))
+    run = build_dry_run(plan, staging_dir=tmp_path / "stage")
     text = run.render()
     kinds = [kind for _, kind, _ in run.documents]
     assert kinds == [
