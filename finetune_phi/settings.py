@@ -35,6 +35,7 @@ from pydantic_settings import (
 
 from finetune_phi.chat_data.config import DataSettings
 from finetune_phi.config_base import StrictModel
+from finetune_phi.errors import UsageError
 from trainer.config import Hyperparameters, RunOptions
 
 ENV_PREFIX = "FINETUNE_PHI__"
@@ -48,7 +49,7 @@ DEFAULT_PROFILE = "local"
 TINY_MODEL = "tiny-phi3"
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A profile that cannot be used; the message names the file and every bad key."""
 
 
