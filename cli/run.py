@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -86,23 +87,31 @@ def run_pipeline(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 class ExpectedFailureFilter(logging.Filter):
     """On the terminal, an expected failure (a `FinetunePhiError`: a rolled-back rollout, a
     failed job, data that does not validate) is said once, by the command's last paragraph.
-    Prefect would also log it with a traceback for the task and again for the flow; those
-    records are dropped here, and its 'Finished in state Failed(...)' lines keep their first
-    line only. The Prefect UI (the API log handler) still gets everything."""
+    Prefect would also log it with a traceback for the task and again for the flow, and repeat
+    it in its 'Finished in state Failed(...)' lines: the exception records are dropped here and
+    those state lines name the error's class only. A bug's records keep everything. The Prefect
+    UI (the API log handler) still gets every record whole."""
 
-    STATE_LINE = "Finished in state Failed("
-    LIMIT = 160
+    STATE_LINE = re.compile(r"^Finished in state Failed\(.*?exception:? (\w+): ", re.DOTALL)
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, FinetunePhiError):
             return False
-        message = record.getMessage()
-        if message.startswith(self.STATE_LINE) and ("\n" in message or len(message) > self.LIMIT):
-            short = message.splitlines()[0]
-            record.msg = (short[: self.LIMIT] + "...") if len(short) > self.LIMIT else short
+        match = self.STATE_LINE.match(record.getMessage())
+        if match and match.group(1) in _expected_error_names():
+            record.msg = f"Finished in state Failed: {match.group(1)} (the reason follows below)"
             record.args = ()
         return True
+
+
+def _expected_error_names() -> set[str]:
+    names, pending = set(), [FinetunePhiError]
+    while pending:
+        cls = pending.pop()
+        names.add(cls.__name__)
+        pending += cls.__subclasses__()
+    return names
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ run`, rolls a second version out next to the first and rolls the live endpoint b
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -466,3 +467,91 @@ def test_run_then_roll_back_the_live_endpoint(
     assert not status["front"]["alive"]
     assert cli(capsys, "endpoint", "up", *where)[0] == 0
     assert workspace.endpoints.invoke(ENDPOINT, question)[0].startswith("Who founded Microsoft?")
+
+
+@pytest.mark.slow
+def test_a_rolled_back_rollout_is_one_paragraph_and_shows_in_models(
+    endpoint_cleanup: None, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A model that passes the gate (the first always does) but fails the Prompt flow smoke
+    test, run as a user runs it (the installed command, its own temporary Prefect server):
+    the rollout is undone, the run fails with the reason said once and no traceback on the
+    terminal, and `models` shows what happened to the version."""
+    profile = small_profile_file(
+        tmp_path,
+        tiny_model_dir,
+        training={"max_steps": 1},  # one step: it cannot know the facts the smoke test asks
+        gate={"max_eval_conversations": 8},
+    )
+    command = [str(Path(sys.executable).parent / "finetune-phi")]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+
+    run = subprocess.run(
+        [*command, "run", "--profile", str(profile)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=environment,
+    )
+    err = run.stderr
+    assert run.returncode == 1, err[-3000:]
+    assert "Finished in state Failed: RolloutFailed" in err  # Prefect's state lines are there...
+    assert "Traceback" not in err + run.stdout  # ...but not its tracebacks
+    paragraph = err[err.index("finetune-phi: run failed: ") :]
+    assert paragraph.startswith("finetune-phi: run failed: rollout of phi3-chat:1 failed at smoke")
+    assert "deployment 'blue' removed" in paragraph
+    assert err.count("failed at smoke test (direct)") == 1  # said once, not four times
+
+    models = subprocess.run(
+        [*command, "models", "--profile", str(profile)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environment,
+    )
+    version = next(line for line in models.stdout.splitlines() if line.startswith("1 "))
+    assert models.returncode == 0 and "promoted" in version
+    assert "failed at smoke test (direct), rolled back" in version
+
+
+def test_expected_failures_lose_their_traceback_on_the_terminal_only() -> None:
+    """The console filter drops Prefect's exception records of a FinetunePhiError and keeps
+    a bug's (a plain ValueError) with its traceback."""
+    import logging
+
+    from cli.run import ExpectedFailureFilter
+    from finetune_phi.rollout import RolloutFailed
+
+    def record(
+        error: BaseException, message: str = "Task run failed with exception"
+    ) -> logging.LogRecord:
+        return logging.LogRecord(
+            "prefect.task_runs", logging.ERROR, __file__, 1, message, (), (type(error), error, None)
+        )
+
+    quiet = ExpectedFailureFilter()
+    assert not quiet.filter(record(RolloutFailed("rolled back")))
+    assert quiet.filter(record(ValueError("a bug")))
+    state = logging.LogRecord(
+        "prefect.task_runs",
+        logging.ERROR,
+        __file__,
+        1,
+        "Finished in state Failed('Task run encountered an exception RolloutFailed: %s')",
+        ("a\nlong\nreason",),
+        None,
+    )
+    assert quiet.filter(state)
+    assert state.getMessage() == (
+        "Finished in state Failed: RolloutFailed (the reason follows below)"
+    )
+    bug = logging.LogRecord(
+        "prefect.flow_runs",
+        logging.ERROR,
+        __file__,
+        1,
+        "Finished in state Failed('Flow run encountered an exception: KeyError: 1')",
+        (),
+        None,
+    )
+    assert quiet.filter(bug) and "KeyError: 1" in bug.getMessage()
