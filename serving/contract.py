@@ -1,8 +1,9 @@
 """The scoring contract: parse and validate a request body, shape the response. Pure Python.
 
 This module decides what the endpoint accepts and what it answers; it must not import torch,
-transformers or anything else heavy, so it is cheap to test and to reuse in clients. The
-scoring script (`serving/score.py`) turns a parsed request into generation calls.
+transformers or anything else heavy, so it is cheap to test and to reuse in clients (its one
+dependency is pydantic, which the serving environments have anyway). The scoring script
+(`serving/score.py`) turns a parsed request into generation calls.
 
 Three request shapes are accepted (JSON objects; unknown keys anywhere are errors):
 
@@ -46,6 +47,9 @@ Generation parameters (`params`, or `parameters` in the legacy shape), all optio
                         reproducible
     return_full_text    boolean, default true; texts only (see above)
 
+A parameter given as null takes its default, as does `params: null`. Types are strict: `true`
+is not an integer, `12.0` is not a token count, `"12"` is not a number.
+
 Temperature and repetition penalty divide the logits: tiny values overflow float32 into
 inf/NaN, which sampling cannot draw from (1e-45 did: a 500, not an answer); 0.01 leaves a wide
 margin.
@@ -57,9 +61,19 @@ invisible format characters such as right-to-left marks alone are as empty as ""
 characters inside ordinary text are fine. A body may nest arrays and objects at most
 MAX_JSON_DEPTH deep.
 
+How: the shapes are pydantic models (`extra="forbid"`, strict field types and constraints, a
+discriminator that picks the shape, validators for the text and chat rules);
+`request_json_schema()` gives their JSON schema. Decoding the body stays hand-written
+(`parse_json`), as do the message texts: pydantic's own messages do not say what the field
+allows in the client's terms, so `parse_request` turns its first error into ours.
+
 Every problem raises `BadRequest` with a message that names the field, says what is allowed
 and shows what was sent, e.g.
-`params.max_new_tokens: must be an integer between 1 and 512, got 100000`.
+`params.max_new_tokens: must be an integer between 1 and 512, got 100000`. With several
+problems one is reported: an object's unknown keys first, then its missing keys, then its
+fields in the order listed here (role before content, parameters as in the table), list items
+in order; the rules over a whole chat (system first, total length, the user's last) once
+every message in it is valid.
 """
 
 from __future__ import annotations
@@ -67,10 +81,27 @@ from __future__ import annotations
 import json
 import re
 import sys
+import typing
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic import dataclasses as pydantic_dataclasses
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 # Caps: one model on a CPU answers one request at a time, so a request must stay small.
 MAX_NEW_TOKENS: Final = 512
@@ -89,7 +120,8 @@ MAX_JSON_DEPTH: Final = 32  # nested arrays/objects in a body; a valid request n
 # overflow float32 (inf/NaN), which sampling fails on; this one leaves a wide margin.
 MIN_LOGIT_DIVISOR: Final = 0.01
 
-ROLES: Final = ("system", "user", "assistant")
+Role = Literal["system", "user", "assistant"]
+ROLES: Final[tuple[str, ...]] = typing.get_args(Role)
 # Between the input text and the reply when return_full_text is true. The reply follows the
 # chat template's "<|assistant|>\n", so a newline keeps question and answer apart as the model
 # saw them (plain concatenation, the pipeline's way, would glue "Microsoft?Bill").
@@ -103,18 +135,101 @@ class BadRequest(ValueError):
     """
 
 
-@dataclass(frozen=True)
+def _problem(
+    message: str, at: str = "", after: tuple[str, ...] | None = None
+) -> PydanticCustomError:
+    """One of our own rules failed: `message` is the client's text as is, `at` a deeper path
+    (`[1].role`) when a rule over a whole list blames one item, `after` an object whose
+    unknown keys are to be reported before this problem (see `_first_problem`)."""
+    return PydanticCustomError(
+        "contract", "{message}", {"message": message, "at": at, "after": after}
+    )
+
+
+# --------------------------------------------------------------------------- texts
+
+
+def _text_rules(max_chars: int) -> Callable[[str], str]:
+    """The rules of one text or message content, after pydantic has checked it is a string.
+
+    Hand-written: they are about Unicode (surrogates, control and format characters), which
+    no pydantic constraint expresses; the length is checked here too so a blank text is
+    reported as blank whatever its length (as the docstring's order says).
+    """
+
+    def check(value: str) -> str:
+        if not value.strip():
+            raise _problem("must be a non-empty string")
+        if len(value) > max_chars:
+            raise _problem(f"at most {max_chars} characters, got {len(value)}")
+        bad = _SURROGATE.search(value)
+        if bad:
+            code, index = ord(bad.group()), bad.start()
+            raise _problem(f"not valid Unicode: lone surrogate U+{code:04X} at index {index}")
+        bad = _CONTROL.search(value)
+        if bad:
+            raise _problem(
+                f"control character U+{ord(bad.group()):04X} at index {bad.start()}; only "
+                "tab, newline and carriage return are allowed"
+            )
+        if all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in value):
+            raise _problem(
+                "no visible characters, only whitespace and invisible format characters "
+                f"(such as U+{ord(next(ch for ch in value if not ch.isspace())):04X})"
+            )
+        return value
+
+    return check
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+# C0 and C1 control characters and DEL, except \t \n \r.
+_CONTROL: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+InputText = Annotated[str, Strict(), AfterValidator(_text_rules(MAX_INPUT_CHARS))]
+MessageContent = Annotated[str, Strict(), AfterValidator(_text_rules(MAX_CHAT_CHARS))]
+Texts = Annotated[list[InputText], Strict(), Field(min_length=1, max_length=MAX_INPUTS)]
+
+# --------------------------------------------------------------------------- parameters
+
+# Pydantic dataclasses: validated when built (from a request or in code), and still plain
+# frozen dataclasses to their users (`dataclasses.replace`, hashing, equality).
+_OBJECT: Final = ConfigDict(extra="forbid")
+
+
+@pydantic_dataclasses.dataclass(frozen=True, config=_OBJECT)
 class GenerationParams:
     """Validated generation parameters (see the module docstring for ranges and defaults)."""
 
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    do_sample: bool = False
-    temperature: float = DEFAULT_TEMPERATURE
-    top_p: float = 1.0
-    top_k: int | None = None
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    return_full_text: bool = True
+    max_new_tokens: Annotated[int, Strict(), Field(ge=1, le=MAX_NEW_TOKENS)] = (
+        DEFAULT_MAX_NEW_TOKENS
+    )
+    do_sample: Annotated[bool, Strict()] = False
+    # Numbers: strict floats take integers too (any size: a 400-digit one is simply out of
+    # range) but never booleans, NaN or infinities.
+    temperature: Annotated[
+        float, Strict(), Field(ge=MIN_LOGIT_DIVISOR, le=MAX_TEMPERATURE, allow_inf_nan=False)
+    ] = DEFAULT_TEMPERATURE
+    top_p: Annotated[float, Strict(), Field(gt=0, le=1.0, allow_inf_nan=False)] = 1.0
+    top_k: Annotated[int, Strict(), Field(ge=1, le=MAX_TOP_K)] | None = None
+    repetition_penalty: Annotated[
+        float,
+        Strict(),
+        Field(ge=MIN_LOGIT_DIVISOR, le=MAX_REPETITION_PENALTY, allow_inf_nan=False),
+    ] = 1.0
+    seed: Annotated[int, Strict(), Field(ge=0, le=MAX_SEED)] | None = None
+    return_full_text: Annotated[bool, Strict()] = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        """`params: null` and `"top_p": null` mean the defaults, as clients often send."""
+        if data is None:
+            return {}
+        if isinstance(data, Mapping):
+            # Only known names: an unknown one stays, to be reported as unknown.
+            return {k: v for k, v in data.items() if v is not None or k not in _PARAM_RULES}
+        return data  # built in code (keyword arguments), or not an object at all
 
     def generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `model.generate`.
@@ -138,14 +253,63 @@ class GenerationParams:
         return kwargs
 
 
-@dataclass(frozen=True)
+_GREEDY_HINT: Final = " (for greedy decoding set do_sample to false)"
+# What each parameter allows, in the client's words (the bounds are the fields' own).
+_PARAM_RULES: Final[dict[str, str]] = {
+    "max_new_tokens": f"must be an integer between 1 and {MAX_NEW_TOKENS}",
+    "do_sample": "must be true or false",
+    "temperature": f"must be a number greater than 0 and at most {MAX_TEMPERATURE:g}"
+    + _GREEDY_HINT,
+    "top_p": "must be a number greater than 0 and at most 1",
+    "top_k": f"must be an integer between 1 and {MAX_TOP_K}",
+    "repetition_penalty": (
+        f"must be a number greater than 0 and at most {MAX_REPETITION_PENALTY:g}"
+    ),
+    "seed": f"must be an integer between 0 and {MAX_SEED}",
+    "return_full_text": "must be true or false",
+}
+_PARAM_HINTS: Final = {"temperature": _GREEDY_HINT}
+
+# --------------------------------------------------------------------------- chats
+
+
+@pydantic_dataclasses.dataclass(frozen=True, config=_OBJECT)
 class ChatMessage:
-    role: str
-    content: str
+    role: Role
+    content: MessageContent
+
+    @model_validator(mode="before")
+    @classmethod
+    def _any_mapping(cls, data: Any) -> Any:
+        """Any mapping is an object (pydantic's dataclasses take only dicts)."""
+        return dict(data) if isinstance(data, Mapping) and not isinstance(data, dict) else data
 
     def as_dict(self) -> dict[str, str]:
         """The shape chat templates take."""
         return {"role": self.role, "content": self.content}
+
+
+def _chat_rules(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """The rules over a whole chat, once each message is valid."""
+    for index, message in enumerate(messages):
+        if message.role == "system" and index > 0:
+            raise _problem("a system message may only be the first message", f"[{index}].role")
+    total = sum(len(message.content) for message in messages)
+    if total > MAX_CHAT_CHARS:
+        raise _problem(f"at most {MAX_CHAT_CHARS} characters over all messages, got {total}")
+    if messages[-1].role != "user":
+        raise _problem(f"the last message must be from the user, got {_show(messages[-1].role)}")
+    return messages
+
+
+Messages = Annotated[
+    list[ChatMessage],
+    Strict(),
+    Field(min_length=1, max_length=MAX_MESSAGES),
+    AfterValidator(_chat_rules),
+]
+
+# --------------------------------------------------------------------------- parsed requests
 
 
 @dataclass(frozen=True)
@@ -175,6 +339,137 @@ class ChatRequest:
 
 ScoringRequest = TextRequest | ChatRequest
 
+# --------------------------------------------------------------------------- request bodies
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def request(self) -> ScoringRequest:
+        raise NotImplementedError
+
+
+def _params() -> Any:
+    return Field(default_factory=GenerationParams, description="generation parameters")
+
+
+class _TextBody(_Body):
+    """The tutorial's request: texts, each answered on its own."""
+
+    model_config = ConfigDict(title="TextBody")
+    input_data: Texts
+    params: GenerationParams = _params()
+
+    def request(self) -> TextRequest:
+        return TextRequest(tuple(self.input_data), self.params, "text")
+
+
+class _ChatBody(_Body):
+    """The chat form, bare."""
+
+    model_config = ConfigDict(title="ChatBody")
+    messages: Messages
+    params: GenerationParams = _params()
+
+    def request(self) -> ChatRequest:
+        return ChatRequest(tuple(self.messages), self.params)
+
+
+class _MessagesInput(_Body):
+    model_config = ConfigDict(title="MessagesInput")
+    messages: Messages
+
+
+class _WrappedChatBody(_Body):
+    """The chat form, wrapped in input_data."""
+
+    model_config = ConfigDict(title="WrappedChatBody")
+    input_data: _MessagesInput
+    params: GenerationParams = _params()
+
+    def request(self) -> ChatRequest:
+        return ChatRequest(tuple(self.input_data.messages), self.params)
+
+
+class _LegacyInput(_Body):
+    model_config = ConfigDict(title="LegacyInput")
+    input_string: Texts
+    parameters: GenerationParams = _params()
+
+
+class _LegacyBody(_Body):
+    """The legacy Azure ML request: texts and parameters inside input_data."""
+
+    model_config = ConfigDict(title="LegacyBody")
+    # Declared (so "params" is not an unknown key) only to be refused with a pointer to the
+    # right place; first, so that is said before anything about the texts (but after unknown
+    # keys in input_data: see `after`).
+    params: Any = Field(
+        None,
+        description="not accepted here: give parameters in input_data.parameters",
+        json_schema_extra={"not": {}},  # no value is valid
+    )
+    input_data: _LegacyInput
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _refuse(cls, value: Any) -> Any:
+        raise _problem(
+            "the legacy form takes its parameters in input_data.parameters; give them there only",
+            after=("input_data",),
+        )
+
+    def request(self) -> TextRequest:
+        return TextRequest(
+            tuple(self.input_data.input_string), self.input_data.parameters, "legacy"
+        )
+
+
+def _shape(body: Any) -> str | None:
+    """Which shape a body is meant to be: the key that names it, as the docstring says.
+
+    None (pydantic's union_tag_not_found) for a body that names none; one with an input_data
+    that is neither a list nor a known object is taken as the tutorial's, whose input_data
+    must be a list: that is the error it gets.
+    """
+    if not isinstance(body, Mapping):
+        return None
+    if "messages" in body:
+        return "chat"
+    if "input_data" not in body:
+        return None
+    input_data = body["input_data"]
+    if isinstance(input_data, Mapping):
+        if "messages" in input_data:
+            return "wrapped_chat"
+        if "input_string" in input_data:
+            return "legacy"
+    return "text"
+
+
+_SHAPES: Final[dict[str, type[_Body]]] = {
+    "text": _TextBody,
+    "chat": _ChatBody,
+    "wrapped_chat": _WrappedChatBody,
+    "legacy": _LegacyBody,
+}
+# Built once: validating is then a call into pydantic-core.
+_REQUEST_BODY: Final[TypeAdapter[_Body]] = TypeAdapter(
+    Annotated[
+        Annotated[_TextBody, Tag("text")]
+        | Annotated[_ChatBody, Tag("chat")]
+        | Annotated[_WrappedChatBody, Tag("wrapped_chat")]
+        | Annotated[_LegacyBody, Tag("legacy")],
+        Discriminator(_shape),
+    ]
+)
+
+
+def request_json_schema() -> dict[str, Any]:
+    """The JSON schema of a request body (the three shapes; the text rules are beyond it)."""
+    return _REQUEST_BODY.json_schema()
+
+
 # --------------------------------------------------------------------------- parsing
 
 
@@ -185,7 +480,12 @@ def _reject_constant(name: str) -> Any:
 def parse_json(raw: str | bytes | bytearray) -> Any:
     """Decode a request body. Python's json accepts NaN and Infinity; JSON does not, nor do we.
     Nor do we take what would crash the decoder or what follows it: nesting past
-    MAX_JSON_DEPTH, integers of more digits than Python converts."""
+    MAX_JSON_DEPTH, integers of more digits than Python converts.
+
+    Hand-written rather than pydantic's `validate_json`: the decoder's own words ("Expecting
+    value: line 1 column 17") are part of the documented messages, and the depth walk and the
+    digit limit guard the decoder itself, before any model sees the data.
+    """
     if isinstance(raw, bytes | bytearray):
         try:
             raw = raw.decode("utf-8")
@@ -235,125 +535,11 @@ def _too_deep(data: Any) -> bool:
 def parse_request(body: str | bytes | bytearray | Mapping[str, Any]) -> ScoringRequest:
     """Parse a request body (raw JSON text, or already decoded) into a validated request."""
     data = parse_json(body) if isinstance(body, str | bytes | bytearray) else body
-    if not isinstance(data, Mapping):
-        raise BadRequest(
-            f"request body: expected a JSON object with 'input_data' or 'messages', "
-            f"got {_json_type(data)}"
-        )
-    if "messages" in data:
-        _check_keys(data, {"messages", "params"}, "request")
-        messages = parse_messages(data["messages"], "messages")
-        return ChatRequest(messages, parse_params(data.get("params"), "params"))
-    if "input_data" not in data:
-        raise BadRequest(
-            "request: missing 'input_data' (or 'messages' for the chat form); "
-            f"got keys {_key_list(data)}"
-        )
-    _check_keys(data, {"input_data", "params"}, "request")
-    input_data = data["input_data"]
-    if isinstance(input_data, list):
-        texts = parse_texts(input_data, "input_data")
-        return TextRequest(texts, parse_params(data.get("params"), "params"), "text")
-    if isinstance(input_data, Mapping):
-        if "messages" in input_data:
-            _check_keys(input_data, {"messages"}, "input_data")
-            messages = parse_messages(input_data["messages"], "input_data.messages")
-            return ChatRequest(messages, parse_params(data.get("params"), "params"))
-        if "input_string" in input_data:
-            _check_keys(input_data, {"input_string", "parameters"}, "input_data")
-            if "params" in data:
-                raise BadRequest(
-                    "params: the legacy form takes its parameters in input_data.parameters; "
-                    "give them there only"
-                )
-            texts = parse_texts(input_data["input_string"], "input_data.input_string")
-            params = parse_params(input_data.get("parameters"), "input_data.parameters")
-            return TextRequest(texts, params, "legacy")
-        raise BadRequest(
-            "input_data: expected a list of texts, {'messages': [...]} or "
-            f"{{'input_string': [...]}}; got an object with keys {_key_list(input_data)}"
-        )
-    raise BadRequest(
-        "input_data: expected a list of texts, {'messages': [...]} or {'input_string': [...]}; "
-        f"got {_json_type(input_data)}"
-    )
-
-
-def parse_texts(value: Any, where: str) -> tuple[str, ...]:
-    """A non-empty list of at most MAX_INPUTS non-blank strings of at most MAX_INPUT_CHARS."""
-    if not isinstance(value, list):
-        raise BadRequest(f"{where}: expected a list of strings, got {_json_type(value)}")
-    if not value:
-        raise BadRequest(f"{where}: expected at least one text, got an empty list")
-    if len(value) > MAX_INPUTS:
-        raise BadRequest(f"{where}: at most {MAX_INPUTS} texts per request, got {len(value)}")
-    for index, text in enumerate(value):
-        if isinstance(text, Mapping):
-            raise BadRequest(
-                f"{where}[{index}]: expected a string, got an object; for chat messages use "
-                "{'input_data': {'messages': [...]}}"
-            )
-        _check_text(text, f"{where}[{index}]", MAX_INPUT_CHARS)
-    return tuple(value)
-
-
-def parse_messages(value: Any, where: str) -> tuple[ChatMessage, ...]:
-    """A chat: roles from ROLES, non-blank contents, system first only, the user's last."""
-    if not isinstance(value, list):
-        raise BadRequest(f"{where}: expected a list of messages, got {_json_type(value)}")
-    if not value:
-        raise BadRequest(f"{where}: expected at least one message, got an empty list")
-    if len(value) > MAX_MESSAGES:
-        raise BadRequest(f"{where}: at most {MAX_MESSAGES} messages, got {len(value)}")
-    messages: list[ChatMessage] = []
-    for index, item in enumerate(value):
-        at = f"{where}[{index}]"
-        if not isinstance(item, Mapping):
-            raise BadRequest(
-                f"{at}: expected an object with 'role' and 'content', got {_json_type(item)}"
-            )
-        _check_keys(item, {"role", "content"}, at)
-        for key in ("role", "content"):
-            if key not in item:
-                raise BadRequest(f"{at}: missing '{key}'")
-        role = item["role"]
-        if role not in ROLES:
-            raise BadRequest(f"{at}.role: must be one of {', '.join(ROLES)}, got {_show(role)}")
-        if role == "system" and index > 0:
-            raise BadRequest(f"{at}.role: a system message may only be the first message")
-        _check_text(item["content"], f"{at}.content", MAX_CHAT_CHARS)
-        messages.append(ChatMessage(role, item["content"]))
-    total = sum(len(message.content) for message in messages)
-    if total > MAX_CHAT_CHARS:
-        raise BadRequest(
-            f"{where}: at most {MAX_CHAT_CHARS} characters over all messages, got {total}"
-        )
-    if messages[-1].role != "user":
-        raise BadRequest(
-            f"{where}: the last message must be from the user, got {_show(messages[-1].role)}"
-        )
-    return tuple(messages)
-
-
-def parse_params(value: Any, where: str) -> GenerationParams:
-    """Validate generation parameters; absent or null means all defaults."""
-    if value is None:
-        return GenerationParams()
-    if not isinstance(value, Mapping):
-        raise BadRequest(f"{where}: expected an object, got {_json_type(value)}")
-    unknown = sorted(set(value) - set(_PARAM_RULES))
-    if unknown:
-        raise BadRequest(
-            f"{where}: unknown parameter {_show(unknown[0])}"
-            + (f" (and {', '.join(map(_show, unknown[1:]))})" if len(unknown) > 1 else "")
-            + f"; known: {', '.join(sorted(_PARAM_RULES))}"
-        )
-    checked: dict[str, Any] = {}
-    for name, raw in value.items():
-        if raw is None:
-            continue  # null means "the default", as clients often send
-        checked[name] = _PARAM_RULES[name](raw, f"{where}.{name}")
-    return GenerationParams(**checked)
+    try:
+        parsed = _REQUEST_BODY.validate_python(data)
+    except ValidationError as exc:
+        raise BadRequest(_first_problem(exc, data)) from None
+    return parsed.request()
 
 
 # --------------------------------------------------------------------------- responses
@@ -383,102 +569,167 @@ def error_body(message: str) -> dict[str, str]:
     return {"error": message}
 
 
-# --------------------------------------------------------------------------- rules
+# --------------------------------------------------------------------------- error messages
+#
+# Pydantic reports every problem, in field order, depth first, with an object's unknown keys
+# after its fields, in its own words ("Input should be a valid integer"). Clients get one
+# message in ours: the first problem (an object's unknown keys, then its missing keys, before
+# anything else in it), worded by where it is (the path) and what went wrong (the error type).
+# Hand-written on purpose: these words are the interface (tests and RELIABILITY.md pin them).
+
+_MISSING: Final = object()
 
 
-def _integer(low: int, high: int) -> Callable[[Any, str], int]:
-    def check(value: Any, where: str) -> int:
-        # bool is a subclass of int in Python; `true` is not a token count.
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise BadRequest(
-                f"{where}: must be an integer between {low} and {high}, got {_show(value)}"
+def _first_problem(exc: ValidationError, body: Any) -> str:
+    errors = exc.errors(include_url=False)
+    error = errors[0]
+    loc = error["loc"]
+    if error["type"] == "union_tag_not_found":  # the body names no shape
+        return _no_shape(body)
+    model = _SHAPES[str(loc[0])]
+    path = loc[1:]
+    # An object's unknown keys come first: those of every object on the way to the problem,
+    # outermost first, the problem's own place included (a key that is not even valid
+    # Unicode makes pydantic fail the whole object there).
+    objects = [path[:depth] for depth in range(len(path) + 1)]
+    after = (error.get("ctx") or {}).get("after")
+    if after:
+        objects.append(tuple(after))
+    for where in objects:
+        unknown = _unknown_keys(model, where, body)
+        if unknown:
+            return unknown
+    # Then its missing keys, before what is wrong with the keys it has.
+    for other in errors:
+        if other["type"] == "missing" and other["loc"][:-1] == loc[: len(other["loc"]) - 1]:
+            return _describe(other, other["loc"][1:])
+    return _describe(error, path)
+
+
+def _describe(error: ErrorDetails, path: tuple[int | str, ...]) -> str:
+    kind, value, where = error["type"], error["input"], _where(path)
+    names = [part for part in path if isinstance(part, str)]
+    last = path[-1] if path else None
+    if kind == "contract":  # one of our own rules, worded already
+        context = error.get("ctx") or {}
+        return f"{where}{context.get('at', '')}: {context['message']}"
+    if kind == "missing":
+        return f"{_where(path[:-1])}: missing '{last}'"
+    if len(names) >= 2 and names[-2] in ("params", "parameters") and last in _PARAM_RULES:
+        name = str(last)
+        if kind == "greater_than_equal" and _positive(value):  # in (0, ge): only too small
+            floor = (error.get("ctx") or {})["ge"]
+            return (
+                f"{where}: must be at least {floor:g}, as smaller values overflow sampling"
+                f"{_PARAM_HINTS.get(name, '')}, got {_show(value)}"
             )
-        return value
-
-    return check
-
-
-def _number(high: float, hint: str = "", low: float | None = None) -> Callable[[Any, str], float]:
-    """A number in (0, high]: zero is excluded for every number parameter we take; with `low`,
-    in [low, high] (the message for 0 and below stays the general one)."""
-
-    def check(value: Any, where: str) -> float:
-        # Comparisons only: int/float comparisons are exact for any size (math.isfinite would
-        # overflow on a 400-digit integer), and NaN and infinities fail them.
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= high:
-            raise BadRequest(
-                f"{where}: must be a number greater than 0 and at most {high:g}{hint}, "
-                f"got {_show(value)}"
+        return f"{where}: {_PARAM_RULES[name]}, got {_show(value)}"
+    if last in ("params", "parameters"):
+        return f"{where}: expected an object, got {_json_type(value)}"
+    if last == "role":
+        return f"{where}: must be one of {', '.join(ROLES)}, got {_show(value)}"
+    if last == "content":
+        return f"{where}: expected a string, got {_json_type(value)}"
+    if isinstance(last, int) and names and names[-1] == "messages":
+        return f"{where}: expected an object with 'role' and 'content', got {_json_type(value)}"
+    if isinstance(last, int):  # a text
+        hint = ""
+        if isinstance(value, Mapping):
+            hint = "; for chat messages use {'input_data': {'messages': [...]}}"
+        return f"{where}: expected a string, got {_json_type(value)}{hint}"
+    if last in ("messages", "input_data", "input_string"):  # a list of messages or texts
+        items = "messages" if last == "messages" else "texts"
+        if kind == "too_short":
+            return f"{where}: expected at least one {items[:-1]}, got an empty list"
+        if kind == "too_long":
+            per = " per request" if items == "texts" else ""
+            limit = MAX_MESSAGES if items == "messages" else MAX_INPUTS
+            return f"{where}: at most {limit} {items}{per}, got {len(value)}"
+        if last == "input_data":  # the tutorial's shape, or none the body could have meant
+            got = (
+                f"an object with keys {_key_list(value)}"
+                if isinstance(value, Mapping)
+                else _json_type(value)
             )
-        if low is not None and value < low:
-            raise BadRequest(
-                f"{where}: must be at least {low:g}, as smaller values overflow sampling{hint}, "
-                f"got {_show(value)}"
+            return (
+                "input_data: expected a list of texts, {'messages': [...]} or "
+                f"{{'input_string': [...]}}; got {got}"
             )
-        return float(value)
-
-    return check
-
-
-def _boolean(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise BadRequest(f"{where}: must be true or false, got {_show(value)}")
-    return value
+        what = "messages" if last == "messages" else "strings"
+        return f"{where}: expected a list of {what}, got {_json_type(value)}"
+    # Not reached by any body we know of; still a 400 that says where and what.
+    return f"{where}: {error['msg']}, got {_show(value)}"
 
 
-_PARAM_RULES: Final[dict[str, Callable[[Any, str], Any]]] = {
-    "max_new_tokens": _integer(1, MAX_NEW_TOKENS),
-    "do_sample": _boolean,
-    "temperature": _number(
-        MAX_TEMPERATURE, " (for greedy decoding set do_sample to false)", MIN_LOGIT_DIVISOR
-    ),
-    "top_p": _number(1.0),
-    "top_k": _integer(1, MAX_TOP_K),
-    "repetition_penalty": _number(MAX_REPETITION_PENALTY, low=MIN_LOGIT_DIVISOR),
-    "seed": _integer(0, MAX_SEED),
-    "return_full_text": _boolean,
-}
-
-
-def _check_text(value: Any, where: str, max_chars: int) -> None:
-    if not isinstance(value, str):
-        raise BadRequest(f"{where}: expected a string, got {_json_type(value)}")
-    if not value.strip():
-        raise BadRequest(f"{where}: must be a non-empty string")
-    if len(value) > max_chars:
-        raise BadRequest(f"{where}: at most {max_chars} characters, got {len(value)}")
-    bad = _SURROGATE.search(value)
-    if bad:
-        raise BadRequest(
-            f"{where}: not valid Unicode: lone surrogate U+{ord(bad.group()):04X} at index "
-            f"{bad.start()}"
+def _no_shape(body: Any) -> str:
+    if not isinstance(body, Mapping):
+        return (
+            "request body: expected a JSON object with 'input_data' or 'messages', "
+            f"got {_json_type(body)}"
         )
-    bad = _CONTROL.search(value)
-    if bad:
-        raise BadRequest(
-            f"{where}: control character U+{ord(bad.group()):04X} at index {bad.start()}; only "
-            "tab, newline and carriage return are allowed"
-        )
-    if all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in value):
-        raise BadRequest(
-            f"{where}: no visible characters, only whitespace and invisible format characters "
-            f"(such as U+{ord(next(ch for ch in value if not ch.isspace())):04X})"
-        )
+    return (
+        "request: missing 'input_data' (or 'messages' for the chat form); "
+        f"got keys {_key_list(body)}"
+    )
 
 
-_SURROGATE: Final = re.compile("[\ud800-\udfff]")
-# C0 and C1 control characters and DEL, except \t \n \r.
-_CONTROL: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+def _unknown_keys(model: type, path: tuple[int | str, ...], body: Any) -> str | None:
+    """The message for the unknown keys of the object at `path`, if it is one and has any."""
+    fields = _fields_at(model, path)
+    value = _value_at(body, path)
+    if fields is None or not isinstance(value, Mapping):
+        return None
+    unknown = sorted(str(key) for key in value if key not in fields)
+    if not unknown:
+        return None
+    listed = _show(unknown[0]) + (
+        f" (and {', '.join(map(_show, unknown[1:]))})" if len(unknown) > 1 else ""
+    )
+    if path and path[-1] in ("params", "parameters"):
+        return f"{_where(path)}: unknown parameter {listed}; known: {', '.join(sorted(fields))}"
+    return f"{_where(path)}: unknown key {listed}; allowed: {', '.join(sorted(fields))}"
 
 
-def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(str(key) for key in data if key not in allowed)
-    if unknown:
-        raise BadRequest(
-            f"{where}: unknown key {_show(unknown[0])}"
-            + (f" (and {', '.join(map(_show, unknown[1:]))})" if len(unknown) > 1 else "")
-            + f"; allowed: {', '.join(sorted(allowed))}"
-        )
+def _fields_at(model: type, path: tuple[int | str, ...]) -> Mapping[str, Any] | None:
+    """The fields of the model or dataclass found at `path` from `model`, None if none is."""
+    kind: Any = model
+    for part in path:
+        if isinstance(part, int):
+            args = typing.get_args(kind)
+            kind = args[0] if typing.get_origin(kind) is list and args else None
+        else:
+            fields = _fields_of(kind)
+            kind = fields[part].annotation if fields and part in fields else None
+        if kind is None:
+            return None
+    return _fields_of(kind)
+
+
+def _fields_of(kind: Any) -> Mapping[str, Any] | None:
+    """A pydantic model's or dataclass's fields (`model_fields` for models before 2.10)."""
+    fields = getattr(kind, "__pydantic_fields__", None) or getattr(kind, "model_fields", None)
+    return fields if isinstance(fields, Mapping) else None
+
+
+def _value_at(body: Any, path: tuple[int | str, ...]) -> Any:
+    for part in path:
+        try:
+            body = body[part]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return body
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _where(path: tuple[int | str, ...]) -> str:
+    """`input_data.messages[0].content`; the body itself is "request"."""
+    where = ""
+    for part in path:
+        where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
+    return where or "request"
 
 
 def _key_list(data: Mapping[str, Any]) -> str:

@@ -6,7 +6,12 @@ they get it wrong, word for word where the words are the interface.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -30,6 +35,7 @@ TUTORIAL_PARAMS: dict[str, Any] = {
 }
 TUTORIAL: dict[str, Any] = {"input_data": ["Who founded Microsoft?"], "params": TUTORIAL_PARAMS}
 USER = {"role": "user", "content": "Who founded Microsoft?"}
+REPO = Path(__file__).resolve().parents[2]
 
 
 def error_of(body: Any) -> str:
@@ -373,3 +379,157 @@ def test_bad_request_is_a_value_error() -> None:
 def test_long_values_are_shortened_in_messages() -> None:
     message = error_of({"input_data": ["hi"], "params": {"do_sample": "y" * 500}})
     assert message == 'params.do_sample: must be true or false, got "' + "y" * 76 + "..."
+
+
+# --------------------------------------------------------------------------- the pydantic models
+
+
+def test_models_forbid_unknown_keys_and_validate_when_built_in_code() -> None:
+    # The same models that check requests check code: a typo is an error, not a default.
+    with pytest.raises(ValueError, match="max_tokens"):
+        GenerationParams(max_tokens=5)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="name"):
+        ChatMessage("user", "hi", name="x")  # type: ignore[call-arg]
+    with pytest.raises(ValueError):
+        GenerationParams(max_new_tokens=0)
+    with pytest.raises(ValueError):
+        ChatMessage("robot", "hi")  # type: ignore[arg-type]
+
+
+def test_generation_params_stay_a_frozen_hashable_dataclass() -> None:
+    # serving/score.py groups requests by dataclasses.replace(params, ...) as a dict key.
+    params = GenerationParams(do_sample=True, seed=7)
+    assert dataclasses.is_dataclass(params)
+    assert dataclasses.replace(params, seed=8) == GenerationParams(do_sample=True, seed=8)
+    assert hash(params) == hash(GenerationParams(do_sample=True, seed=7))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.seed = 1  # type: ignore[misc]
+    # Integers are accepted where numbers are, and stored as floats.
+    assert GenerationParams(temperature=1).temperature == 1.0
+
+
+def test_every_parameter_has_its_message() -> None:
+    names = {field.name for field in dataclasses.fields(GenerationParams)}
+    assert set(contract._PARAM_RULES) == names
+
+
+def test_the_request_json_schema_describes_the_three_shapes() -> None:
+    schema = contract.request_json_schema()
+    json.dumps(schema)  # plain JSON
+    shapes = {ref["$ref"].rsplit("/", 1)[-1] for ref in schema["oneOf"]}
+    assert shapes == {"_TextBody", "_ChatBody", "_WrappedChatBody", "_LegacyBody"}
+    defs = schema["$defs"]
+    assert all(defs[name]["additionalProperties"] is False for name in shapes)
+    params = defs["GenerationParams"]
+    assert params["additionalProperties"] is False
+    assert params["properties"]["max_new_tokens"]["maximum"] == contract.MAX_NEW_TOKENS
+    assert params["properties"]["temperature"]["minimum"] == contract.MIN_LOGIT_DIVISOR
+    assert defs["ChatMessage"]["properties"]["role"]["enum"] == list(contract.ROLES)
+    assert defs["_TextBody"]["properties"]["input_data"]["maxItems"] == contract.MAX_INPUTS
+    assert defs["_LegacyBody"]["properties"]["params"]["not"] == {}
+
+
+# --------------------------------------------------------------------------- corner cases
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # A key that is not valid Unicode is still an unknown key, shown escaped.
+        (
+            {"input_data": ["hi"], "\udfff": 1},
+            'request: unknown key "\\udfff"; allowed: input_data, params',
+        ),
+        (
+            {"input_data": ["hi"], "params": {"\udfff": 1}},
+            'params: unknown parameter "\\udfff"; known: do_sample, max_new_tokens, '
+            "repetition_penalty, return_full_text, seed, temperature, top_k, top_p",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi", "\udfff": 1}]},
+            'messages[0]: unknown key "\\udfff"; allowed: content, role',
+        ),
+        # Decoded bodies can hold what JSON cannot: still a 400 that says why.
+        (
+            {"input_data": ["hi"], "params": {"top_p": float("nan")}},
+            "params.top_p: must be a number greater than 0 and at most 1, got NaN",
+        ),
+        (
+            {"input_data": ["hi"], "params": {"seed": 10**400}},
+            "params.seed: must be an integer between 0 and 4294967295, got 1" + "0" * 76 + "...",
+        ),
+        (
+            {"input_data": ["hi"], "params": {"repetition_penalty": 0.001}},
+            "params.repetition_penalty: must be at least 0.01, as smaller values overflow "
+            "sampling, got 0.001",
+        ),
+    ],
+)
+def test_odd_keys_and_values(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_request(body)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # An object's unknown keys come before anything inside it...
+        (
+            {"input_data": "hi", "stream": True},
+            'request: unknown key "stream"; allowed: input_data, params',
+        ),
+        (
+            {"messages": [{"role": "bot", "content": "", "name": "x"}]},
+            'messages[0]: unknown key "name"; allowed: content, role',
+        ),
+        (
+            {"input_data": {"input_string": [""], "x": 1}, "params": {}},
+            'input_data: unknown key "x"; allowed: input_string, parameters',
+        ),
+        # ...then its missing keys, in field order...
+        ({"messages": [{}]}, "messages[0]: missing 'role'"),
+        ({"messages": [{"role": "bot"}]}, "messages[0]: missing 'content'"),
+        # ...then its fields in order, role before content.
+        (
+            {"messages": [{"content": "", "role": "bot"}]},
+            'messages[0].role: must be one of system, user, assistant, got "bot"',
+        ),
+        (
+            {"input_data": {"input_string": [""]}, "params": {}},
+            "params: the legacy form takes its parameters in input_data.parameters; "
+            "give them there only",
+        ),
+        (
+            {"input_data": ["ok", "", 3]},
+            "input_data[1]: must be a non-empty string",
+        ),
+    ],
+)
+def test_with_several_problems_the_documented_first_is_reported(
+    body: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_request(body)
+    assert str(caught.value) == message
+
+
+def test_any_mapping_is_an_object() -> None:
+    body = MappingProxyType(
+        {"messages": [MappingProxyType(USER)], "params": MappingProxyType({"top_k": 5})}
+    )
+    request = parse_request(body)
+    assert isinstance(request, ChatRequest)
+    assert request.conversation() == [USER]
+    assert request.params.top_k == 5
+
+
+def test_the_module_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, serving.contract; "
+        "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert out.stdout.strip() == "[]"
