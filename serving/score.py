@@ -24,7 +24,8 @@ Bad requests: under azmlinfsrv, `run()` returns an `AMLResponse` with status 400
 `contract.BadRequest`, which `serving.server` maps to the same 400 answer.
 
 Keep this file self-contained (only the standard library, `contract.py` with pydantic, and the
-model's own stack, imported lazily): what is deployed to Azure is this folder, nothing else of the project.
+model's own stack, imported lazily): what is deployed to Azure is this folder, nothing else of
+the project.
 """
 
 from __future__ import annotations
