@@ -281,6 +281,7 @@ def test_models_lists_versions_with_aliases_gate_and_lineage(
         "version",
         "aliases",
         "gate",
+        "rollout",
         "gate",
         "loss",
         "eval",
@@ -291,8 +292,8 @@ def test_models_lists_versions_with_aliases_gate_and_lineage(
         "job",
     ]
     assert [row.split()[0] for row in rows] == ["3", "2", "1"]  # newest first
-    assert rows[1].split()[:5] == ["2", "champion", "promoted", "2.8100", "2.8000"]
-    assert rows[0].split()[2] == "rejected"
+    assert rows[1].split()[:6] == ["2", "champion", "promoted", "serving", "2.8100", "2.8000"]
+    assert rows[0].split()[2:4] == ["rejected", "-"]
     assert "2" * 12 in rows[1] and "tiny-phi3" in rows[1] and "ft-job-2" in rows[1]
 
     code, out, _ = cli(capsys, "models", "--profile", str(profile), "--version", "3")
@@ -377,7 +378,7 @@ def test_rollback_says_when_there_is_nothing_to_roll_back_to(
 
     code, _, err = cli(capsys, "endpoint", "rollback", "--deployment", "red", *where)
     assert code == 1 and "no deployment 'red'" in err
-    assert registry_state.get_model_by_alias(MODEL, CHAMPION).version == "2"  # untouched
+    assert registry_state.registry.get_model_by_alias(MODEL, CHAMPION).version == "2"  # untouched
 
 
 def test_rollback_target_of_a_split_is_the_champions_deployment() -> None:
