@@ -4,8 +4,12 @@ does it, described: counts, problems by kind, token-length statistics and a hist
     finetune-phi data inspect
     finetune-phi data inspect --set data.source.conversations=2000 --bins 20
 
-It runs the flow's own stage bodies (`ensure-base-model`, `prepare-dataset`) without Prefect
-around them, so the folder it leaves in the state folder is the one the next run re-uses.
+It does what the flow's first stages do, through the same core functions and without Prefect:
+the base model (the tiny Phi-3 is built into the state folder when it is the base), then
+`finetune_phi.chat_data.prepare_into_store` validating for that model's chat template, so the
+folder it leaves in the state folder is the one the next run re-uses. Invalid records are
+reported by kind; data that breaks the profile's invalid-record policy, or a source that cannot
+be read, ends the command with the same report a run gives (exit status 2).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from finetune_phi.settings import Profile
+from finetune_phi.chat_data.prepare import PROBLEMS_NAME
+from finetune_phi.chat_data.validation import SHOWN_PROBLEMS
+from finetune_phi.settings import TINY_MODEL, Profile
 from finetune_phi.state import StateLayout
 
 EXAMPLES = """\
@@ -63,33 +69,58 @@ def conversation_lengths(files: Sequence[Path], count: Callable[[Any], int]) -> 
     return lengths
 
 
+def ensure_base_model(profile: Profile) -> str:
+    """What the run's base model is loaded from, the tiny Phi-3 built first when it is the base
+    and not built yet (as the flow's `ensure-base-model` stage does)."""
+    if profile.model.base != TINY_MODEL:
+        return profile.model.base
+    from finetune_phi.tiny_model import build_default_tiny_phi3, is_built
+
+    folder = StateLayout(profile.state_dir).tiny_model_dir
+    if not is_built(folder):
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # building the tiny model: no progress bar
+        build_default_tiny_phi3(folder)
+    return str(folder)
+
+
+def first_problems(problems_file: Path, shown: int = SHOWN_PROBLEMS) -> list[str]:
+    """The first problems of a problems.jsonl as `ref: message` lines, then "... and N more"."""
+    with problems_file.open(encoding="utf-8") as handle:
+        problems = [json.loads(line) for line in handle if line.strip()]
+    lines = [f"{problem['ref']}: {problem['message']}" for problem in problems[:shown]]
+    if len(problems) > shown:
+        lines.append(f"... and {len(problems) - shown} more")
+    return lines
+
+
 def run_data_command(args: argparse.Namespace, profile: Profile) -> int:
-    from prefect.logging import disable_run_logger
-
     from cli.run import describe_source
-    from finetune_phi.chat_data.validation import estimate_tokens
-    from tasks.base_model import ensure_base_model
-    from tasks.dataset import chat_token_counter, prepare_dataset_task
+    from finetune_phi.chat_data import chat_token_counter, estimate_tokens, prepare_into_store
 
-    datasets = StateLayout(profile.state_dir).datasets_dir
-    before = {p.name for p in datasets.iterdir()} if datasets.is_dir() else set()
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()  # building the tiny model: no progress bar
-    with disable_run_logger():  # the stages' bodies, without a Prefect run around them
-        base = ensure_base_model.fn(profile)
-        dataset = prepare_dataset_task.fn(profile, base)
-    manifest = dataset.manifest
-    folder = Path(dataset.directory)
+    base = ensure_base_model(profile)
+    counter = chat_token_counter(base)
+    stored = prepare_into_store(
+        profile.data, StateLayout(profile.state_dir).datasets_dir, count_tokens=counter
+    )
+    manifest = stored.manifest
+    folder = stored.directory
     counts = manifest.counts
     lengths = manifest.token_lengths
-    reused = folder.name in before
+    reused = stored.reused
 
     print(
         f"dataset {manifest.dataset_sha256[:16]} in {folder} "
         f"({'re-used: same content as an earlier preparation' if reused else 'prepared'})"
     )
     print(f"  source    {describe_source(profile)}")
+    system = (
+        "has a system turn (system messages are kept)"
+        if counter.capabilities.system_turn
+        else "has no system turn (records with a system message are refused)"
+    )
+    print(f"  template  {base}: its chat template {system}")
     print(
         f"  records   {counts.input} read, {counts.valid} valid, {counts.invalid} invalid "
         f"({profile.data.invalid.action})"
@@ -100,7 +131,10 @@ def run_data_command(args: argparse.Namespace, profile: Profile) -> int:
     )
     if counts.by_kind:
         kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.by_kind.items()))
-        print(f"  problems  {kinds} (one line each in {folder / 'problems.jsonl'})")
+        problems_file = folder / PROBLEMS_NAME
+        print(f"  problems  {kinds} (one line each in {problems_file})")
+        for line in first_problems(problems_file):
+            print(f"            {line}")
     else:
         print("  problems  none")
     unit = "tokens" if lengths.unit == "tokens" else "estimated tokens (characters / 4)"
@@ -108,10 +142,8 @@ def run_data_command(args: argparse.Namespace, profile: Profile) -> int:
         f"  lengths   min {lengths.min}, mean {lengths.mean:g}, p50 {lengths.p50}, "
         f"p95 {lengths.p95}, max {lengths.max} {unit}; limit {manifest.max_tokens}"
     )
-    counter = chat_token_counter(base) if lengths.unit == "tokens" else estimate_tokens
-    measured = conversation_lengths(
-        [folder / manifest.files.train.path, folder / manifest.files.test.path], counter
-    )
+    measure = counter if lengths.unit == "tokens" else estimate_tokens
+    measured = conversation_lengths([stored.train_file, stored.test_file], measure)
     print(
         f"histogram of conversation lengths ({len(measured)} conversations, train + test, {unit})"
     )

@@ -1,49 +1,24 @@
 """Stage: prepare the dataset (load, validate, split) into a content-addressed folder.
 
-The output folder is named after the dataset's sha256, so an unchanged source maps to the same
-folder and later stages can tell from the manifest whether the data changed.
+A thin Prefect wrapper: the work is `finetune_phi.chat_data.prepare_into_store`, validating for
+the base model with its `chat_token_counter` (the counter training's template implies, which
+also says whether the template has a system turn). The output folder is named after the
+dataset's sha256, so an unchanged source maps to the same folder and later stages can tell from
+the manifest whether the data changed.
 """
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import dataclass
-from typing import Any
-
 from prefect import get_run_logger, task
 
-from finetune_phi.chat_data import DatasetManifest, prepare_dataset
-from finetune_phi.chat_data.validation import TokenCounter
+# chat_token_counter is re-exported: tests and bench/data.py import it from here.
+from finetune_phi.chat_data import chat_token_counter, prepare_into_store
+from finetune_phi.results import PreparedDataset
 from finetune_phi.settings import Profile
 from finetune_phi.state import StateLayout
 from tasks.retry import retry_if_transient
 
-
-@dataclass(frozen=True)
-class PreparedDataset:
-    directory: str
-    train_file: str
-    test_file: str
-    manifest: DatasetManifest
-
-    @property
-    def sha256(self) -> str:
-        return self.manifest.dataset_sha256
-
-
-def chat_token_counter(tokenizer_source: str) -> TokenCounter:
-    """Counts tokens the way training sees them: the chat template applied, then tokenized."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-
-    def count(messages: list[dict[str, str]]) -> int:
-        # transformers 5 returns a BatchEncoding here (len() of which is its number of keys),
-        # so ask for the dict explicitly and count the ids.
-        encoded: Any = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
-        return len(encoded["input_ids"])
-
-    return count
+__all__ = ["PreparedDataset", "chat_token_counter", "prepare_dataset_task"]
 
 
 @task(
@@ -55,33 +30,26 @@ def chat_token_counter(tokenizer_source: str) -> TokenCounter:
 )
 def prepare_dataset_task(profile: Profile, tokenizer_source: str) -> PreparedDataset:
     logger = get_run_logger()
-    datasets_dir = StateLayout(profile.state_dir).datasets_dir
-    staging = datasets_dir / ".incoming"
-    shutil.rmtree(staging, ignore_errors=True)
-    manifest = prepare_dataset(
+    stored = prepare_into_store(
         profile.data,
-        staging,
+        StateLayout(profile.state_dir).datasets_dir,
         count_tokens=chat_token_counter(tokenizer_source),
         progress=logger.info,
     )
-    final = datasets_dir / manifest.dataset_sha256[:16]
-    if final.exists():
-        # Same content as an earlier run: keep the folder earlier runs point at.
-        shutil.rmtree(staging)
-    else:
-        staging.rename(final)
+    manifest = stored.manifest
     counts = manifest.counts
     logger.info(
-        "dataset %s: %d train / %d test (%d invalid dropped) in %s",
+        "dataset %s: %d train / %d test (%d invalid dropped) in %s%s",
         manifest.dataset_sha256[:12],
         counts.train,
         counts.test,
         counts.invalid,
-        final,
+        stored.directory,
+        " (re-used: same content as an earlier preparation)" if stored.reused else "",
     )
     return PreparedDataset(
-        directory=str(final),
-        train_file=str(final / "train.jsonl"),
-        test_file=str(final / "test.jsonl"),
+        directory=str(stored.directory),
+        train_file=str(stored.train_file),
+        test_file=str(stored.test_file),
         manifest=manifest,
     )

@@ -14,6 +14,10 @@ A crash therefore never leaves a folder whose manifest describes files it does n
 The manifest is byte-identical for the same input and settings (no timestamps, no absolute paths
 added, no random temp names), so `dataset_sha256` tells later stages whether the data changed.
 
+`prepare_into_store` puts a prepared dataset into a content-addressed folder
+(`<datasets_dir>/<sha256[:16]>/`), the one the flow's stage, `finetune-phi data inspect` and
+later runs share: the same content is prepared once and re-used.
+
 This module must not know about Prefect or the training backends, and must not download anything
 itself: the source readers do the reading.
 """
@@ -24,8 +28,11 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +42,9 @@ from finetune_phi import __version__
 from finetune_phi.chat_data.config import DataSettings, FileSource
 from finetune_phi.chat_data.sources import HubLoader, iter_source
 from finetune_phi.chat_data.split import split_records
+from finetune_phi.chat_data.template import ChatTemplateCounter
 from finetune_phi.chat_data.validation import (
+    ChatCapabilities,
     DataValidationError,
     TokenCounter,
     apply_policy,
@@ -50,10 +59,12 @@ __all__ = [
     "TEST_NAME",
     "TRAIN_NAME",
     "DatasetManifest",
+    "StoredDataset",
     "dataset_sha256",
     "file_sha256",
     "load_manifest",
     "prepare_dataset",
+    "prepare_into_store",
     "verify_dataset",
 ]
 
@@ -190,34 +201,48 @@ def _no_records_message(settings: DataSettings) -> str:
     return f"data file {str(source.path)!r} has no records{why}"
 
 
+def _by_kind(counts: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {count}" for kind, count in counts.items())
+
+
 def prepare_dataset(
     settings: DataSettings,
     out_dir: Path,
     *,
     count_tokens: TokenCounter | None = None,
+    capabilities: ChatCapabilities | None = None,
     progress: Callable[[str], None] | None = None,
     hub_loader: HubLoader | None = None,
 ) -> DatasetManifest:
     """Load, validate, split and write the dataset described by `settings` into `out_dir`.
 
     `count_tokens` measures conversations for the length limit and the manifest (an estimate is
-    used without it); `progress` receives one-line status messages; `hub_loader` replaces
-    `datasets.load_dataset` for a Hub source. Raises DataValidationError when the records break
-    the invalid-record policy or fewer than two valid records remain; nothing is written then.
+    used without it); `capabilities` says what the base model's chat template renders, and
+    defaults to the counter's when it is a `ChatTemplateCounter` (what `chat_token_counter`
+    returns), so passing that counter is enough to validate for a base model. `progress`
+    receives one-line status messages; `hub_loader` replaces `datasets.load_dataset` for a Hub
+    source. Raises DataValidationError when the records break the invalid-record policy or
+    fewer than two valid records remain, and DataSourceError (DataFileNotFoundError for a
+    missing file) when the source cannot be read; all are `UsageError`s, and nothing is written
+    then.
     """
 
     def report(message: str) -> None:
         if progress is not None:
             progress(message)
 
+    if capabilities is None and isinstance(count_tokens, ChatTemplateCounter):
+        capabilities = count_tokens.capabilities
     report(f"reading records from the {settings.source.kind} source")
     result = validate_records(
         iter_source(settings.source, hub_loader=hub_loader),
         max_tokens=settings.max_tokens,
         count_tokens=count_tokens,
+        capabilities=capabilities,
     )
     invalid = len(result.invalid_refs)
-    report(f"validated {result.total} records: {len(result.valid)} valid, {invalid} invalid")
+    kinds = f" ({_by_kind(result.counts_by_kind())})" if result.problems else ""
+    report(f"validated {result.total} records: {len(result.valid)} valid, {invalid} invalid{kinds}")
     apply_policy(result, settings.invalid)
     if result.total == 0:
         raise DataValidationError(_no_records_message(settings), result)
@@ -276,6 +301,73 @@ def prepare_dataset(
         f"(dataset {manifest.dataset_sha256[:12]})"
     )
     return manifest
+
+
+@dataclass(frozen=True)
+class StoredDataset:
+    """A prepared dataset in its content-addressed folder."""
+
+    directory: Path
+    manifest: DatasetManifest
+    reused: bool  # True: an earlier preparation already held the same content
+
+    @property
+    def train_file(self) -> Path:
+        return self.directory / self.manifest.files.train.path
+
+    @property
+    def test_file(self) -> Path:
+        return self.directory / self.manifest.files.test.path
+
+
+def prepare_into_store(
+    settings: DataSettings,
+    datasets_dir: Path,
+    *,
+    count_tokens: TokenCounter | None = None,
+    capabilities: ChatCapabilities | None = None,
+    progress: Callable[[str], None] | None = None,
+    hub_loader: HubLoader | None = None,
+) -> StoredDataset:
+    """`prepare_dataset` into `datasets_dir/<sha256[:16]>/`, keeping the folder an earlier
+    preparation of the same content made (the one earlier runs point at).
+
+    The data is prepared in a staging folder of its own and renamed into place, so a
+    preparation running at the same time (a run and `data inspect`) never sees half a folder;
+    the staging folder is gone afterwards, whatever happened. A re-used folder gets this
+    preparation's problems.jsonl and manifest.json (its data files are already the same bytes).
+    Arguments and errors are those of `prepare_dataset`; nothing is left behind on an error.
+    """
+    # The staging folder of earlier versions had a fixed name; one a crash left is stale.
+    shutil.rmtree(datasets_dir / ".incoming", ignore_errors=True)
+    staging = datasets_dir / f".incoming-{uuid.uuid4().hex[:12]}"
+    try:
+        manifest = prepare_dataset(
+            settings,
+            staging,
+            count_tokens=count_tokens,
+            capabilities=capabilities,
+            progress=progress,
+            hub_loader=hub_loader,
+        )
+        final = datasets_dir / manifest.dataset_sha256[:16]
+        reused = final.is_dir()
+        if not reused:
+            try:
+                staging.rename(final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                reused = True  # a preparation of the same content landed first
+        if reused:
+            # The train and test files are the same bytes (same sha256), but the source may
+            # not be: a file whose bad records were deleted gives the same dataset. The
+            # problems and the manifest say what this preparation found, not an earlier one.
+            for name in (PROBLEMS_NAME, MANIFEST_NAME):
+                os.replace(staging / name, final / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return StoredDataset(final, manifest, reused)
 
 
 def load_manifest(path: Path) -> DatasetManifest:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,12 @@ from typing import Any
 from finetune_phi.chat_data.config import DataSource, FileSource, HubSource, SyntheticSource
 from finetune_phi.chat_data.synthetic import generate_conversations
 from finetune_phi.chat_data.validation import ProblemKind, UnparsableRecord
+from finetune_phi.errors import UsageError
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
+    "DataFileNotFoundError",
+    "DataSourceError",
     "HubLoader",
     "iter_source",
     "load_hub_records",
@@ -36,6 +40,15 @@ SUPPORTED_SUFFIXES: tuple[str, ...] = (".jsonl", ".parquet")
 
 HubLoader = Callable[..., Iterable[Any]]
 """`datasets.load_dataset`, or anything called like it that returns an iterable of rows."""
+
+
+class DataSourceError(UsageError, ValueError):
+    """The configured source cannot be read at all (not one bad record: those are problems).
+    The message names the file and says why, for the person who configured it."""
+
+
+class DataFileNotFoundError(DataSourceError, FileNotFoundError):
+    """The configured data file does not exist."""
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[str, object]]:
@@ -93,7 +106,7 @@ def _check_jsonl_encoding(path: Path) -> None:
         ("UTF-16", codecs.BOM_UTF16_BE),
     ):
         if head.startswith(bom):
-            raise ValueError(
+            raise DataSourceError(
                 f"data file {str(path)!r} is {name} text (it starts with a {name} byte order "
                 "mark); JSONL must be UTF-8: convert it, e.g. "
                 f"`iconv -f {name} -t UTF-8 {path.name} > {path.stem}.utf8.jsonl`"
@@ -101,10 +114,24 @@ def _check_jsonl_encoding(path: Path) -> None:
 
 
 def read_parquet(path: Path) -> Iterator[tuple[str, object]]:
-    """Records of a Parquet file, ref "row N" (0-based)."""
-    import pyarrow.parquet as pq  # heavy; only needed for this source
+    """Records of a Parquet file, ref "row N" (0-based).
 
-    for index, row in enumerate(pq.read_table(path).to_pylist()):
+    A file pyarrow cannot read as Parquet (another format, a truncated or corrupt file) raises
+    DataSourceError naming the file, with pyarrow's reason after it.
+    """
+    import pyarrow as pa  # heavy; only needed for this source
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = reason.split(f"{str(path)!r}: ", 1)[-1]  # pyarrow names the file again
+        raise DataSourceError(
+            f"data file {str(path)!r} cannot be read as Parquet (is it a Parquet file, "
+            f"complete?): {reason}"
+        ) from error
+    for index, row in enumerate(rows):
         yield f"row {index}", row
 
 
@@ -135,12 +162,16 @@ def _file_records(source: FileSource) -> Iterator[tuple[str, object]]:
     # Checked before any reading starts, so a wrong path fails at once with a clear message.
     suffix = source.path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        raise ValueError(
+        raise DataSourceError(
             f"unsupported data file {str(source.path)!r}: the suffix must be one of "
             f"{', '.join(SUPPORTED_SUFFIXES)}"
         )
+    if not source.path.exists():
+        raise DataFileNotFoundError(f"data file not found: {source.path}")
     if not source.path.is_file():
-        raise FileNotFoundError(f"data file not found: {source.path}")
+        raise DataSourceError(f"data file {str(source.path)!r} is not a file (a folder?)")
+    if not os.access(source.path, os.R_OK):
+        raise DataSourceError(f"data file {str(source.path)!r} cannot be read: permission denied")
     if suffix == ".jsonl":
         _check_jsonl_encoding(source.path)
         return read_jsonl(source.path)
@@ -152,9 +183,11 @@ def iter_source(
 ) -> Iterator[tuple[str, object]]:
     """The `(ref, record)` pairs of any configured source.
 
-    A file source is checked eagerly: an unknown suffix or a UTF-16/UTF-32 JSONL file raises
-    ValueError and a missing file FileNotFoundError when this is called, not on first
-    iteration.
+    A file source is checked eagerly: an unknown suffix, a folder, an unreadable file or a
+    UTF-16/UTF-32 JSONL file raises DataSourceError (a ValueError) and a missing file
+    DataFileNotFoundError (also a FileNotFoundError) when this is called, not on first
+    iteration. A file that is not Parquet raises DataSourceError on the first iteration. Both
+    are `UsageError`s: the command line prints them as one paragraph.
     """
     if isinstance(source, FileSource):
         return _file_records(source)

@@ -5,6 +5,13 @@ order, non-empty content, a length limit) and across records for duplicates. Eac
 the record by a reference the user can find it with ("line 7" for a JSONL file) and says
 specifically what is wrong. `apply_policy` then decides whether the run may go on.
 
+What the base model's chat template can render is passed in as `ChatCapabilities` (found by
+`finetune_phi.chat_data.template`): a system message is refused when the template has no system
+turn, because training would silently drop it (or the template would raise). Only a record with
+no structural problem is measured by the token counter, so the counter (a chat template) never
+sees a conversation it was not written for; a counter that still cannot render one raises
+`ConversationNotRenderable`, which becomes a TEMPLATE_REFUSED problem of that record.
+
 This module must not do IO: sources hand it `(ref, record)` pairs, and it returns data. A record
 that could not even be parsed arrives as an `UnparsableRecord` marker.
 """
@@ -20,9 +27,12 @@ from enum import StrEnum
 from typing import Any
 
 from finetune_phi.chat_data.config import InvalidRecordPolicy
+from finetune_phi.errors import UsageError
 
 __all__ = [
     "ROLES",
+    "ChatCapabilities",
+    "ConversationNotRenderable",
     "DataValidationError",
     "Problem",
     "ProblemKind",
@@ -40,9 +50,13 @@ __all__ = [
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 REQUIRED_STRING_FIELDS: tuple[str, ...] = ("prompt", "prompt_id")
 SHOWN_PROBLEMS = 5  # how many problems an error message lists before "... and N more"
+MISSING_MESSAGES = "field 'messages' is missing"
 
 TokenCounter = Callable[[list[dict[str, str]]], int]
-"""Counts the tokens of a conversation (for example with the model's tokenizer and template)."""
+"""Counts the tokens of a conversation (for example with the model's tokenizer and template).
+
+It may raise `ConversationNotRenderable` for a conversation it cannot measure; validation then
+reports that record instead of stopping."""
 
 
 class ProblemKind(StrEnum):
@@ -62,6 +76,8 @@ class ProblemKind(StrEnum):
     NO_ASSISTANT_TURN = "no_assistant_turn"
     NOT_ENDING_WITH_ASSISTANT = "not_ending_with_assistant"
     CONSECUTIVE_SAME_ROLE = "consecutive_same_role"
+    SYSTEM_MESSAGE_UNSUPPORTED = "system_message_unsupported"
+    TEMPLATE_REFUSED = "template_refused"
     TOO_LONG = "too_long"
     DUPLICATE = "duplicate"
     DUPLICATE_ID = "duplicate_id"
@@ -92,8 +108,27 @@ class UnparsableRecord:
     kind: ProblemKind = ProblemKind.INVALID_JSON
 
 
-class DataValidationError(ValueError):
-    """The records break the invalid-record policy; `result` holds every problem found."""
+@dataclass(frozen=True)
+class ChatCapabilities:
+    """What the base model's chat template can render, as far as validation needs to know.
+
+    Without one (no tokenizer was given) validation accepts what the schema allows.
+    """
+
+    model: str  # the base model, as problems name it (a hub id or a folder)
+    system_turn: bool  # whether its chat template renders a system message
+
+
+class ConversationNotRenderable(ValueError):
+    """Raised by a token counter for a conversation its chat template cannot render; the
+    message says why (validation reports it as a TEMPLATE_REFUSED problem of that record)."""
+
+
+class DataValidationError(UsageError, ValueError):
+    """The records break the invalid-record policy; `result` holds every problem found.
+
+    A `UsageError` (the data is the user's input): the command line prints the message, the
+    report by kind included, as one paragraph with exit status 2."""
 
     def __init__(self, message: str, result: ValidationResult) -> None:
         super().__init__(message)
@@ -163,7 +198,7 @@ def _check_fields(record: dict[str, Any], ref: str) -> list[Problem]:
                 )
             )
     if "messages" not in record:
-        problems.append(Problem(ProblemKind.MISSING_FIELD, ref, "field 'messages' is missing"))
+        problems.append(Problem(ProblemKind.MISSING_FIELD, ref, MISSING_MESSAGES))
     elif not isinstance(record["messages"], list):
         problems.append(
             Problem(
@@ -253,11 +288,12 @@ def _check_turns(roles: list[str | None], ref: str) -> list[Problem]:
     # A message with a bad role may well be the missing turn ("bot" for assistant): the presence
     # rules only speak when every role is known, and BAD_ROLE already explains the record.
     roles_known = None not in roles
+    empty = "" if roles else " (the messages array is empty)"
     if roles_known and "user" not in roles:
-        problems.append(Problem(ProblemKind.NO_USER_TURN, ref, "no message with role user"))
+        problems.append(Problem(ProblemKind.NO_USER_TURN, ref, f"no message with role user{empty}"))
     if roles_known and "assistant" not in roles:
         problems.append(
-            Problem(ProblemKind.NO_ASSISTANT_TURN, ref, "no message with role assistant")
+            Problem(ProblemKind.NO_ASSISTANT_TURN, ref, f"no message with role assistant{empty}")
         )
     # Without any assistant turn NO_ASSISTANT_TURN already says it all.
     elif "assistant" in roles and roles[-1] is not None and roles[-1] != "assistant":
@@ -271,10 +307,32 @@ def _check_turns(roles: list[str | None], ref: str) -> list[Problem]:
     return problems
 
 
+def _check_system(
+    roles: list[str | None], ref: str, capabilities: ChatCapabilities | None
+) -> list[Problem]:
+    """A system message the base model's template cannot render: one problem per record."""
+    if capabilities is None or capabilities.system_turn or "system" not in roles:
+        return []
+    number = roles.index("system") + 1
+    return [
+        Problem(
+            ProblemKind.SYSTEM_MESSAGE_UNSUPPORTED,
+            ref,
+            f"message {number}: a system message, but the chat template of {capabilities.model} "
+            "has no system turn (training would drop or refuse it); leave it out or put its "
+            "text into the first user message",
+        )
+    ]
+
+
 def _check_record(
-    record: object, ref: str, max_tokens: int, count_tokens: TokenCounter | None
+    record: object,
+    ref: str,
+    max_tokens: int,
+    count_tokens: TokenCounter | None,
+    capabilities: ChatCapabilities | None = None,
 ) -> tuple[list[Problem], int | None]:
-    """Problems of one record and its token length (None when it could not be measured)."""
+    """Problems of one record and its token length (None when it was not measured)."""
     if isinstance(record, UnparsableRecord):
         if record.kind is ProblemKind.INVALID_JSON:
             return [Problem(record.kind, ref, f"not valid JSON: {record.error}")], None
@@ -292,14 +350,20 @@ def _check_record(
         problems.extend(message_problems)
         roles.append(role)
     problems.extend(_check_turns(roles, ref))
-    well_formed = all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-        for m in messages
-    )
-    if not well_formed:
-        return problems, None  # a token counter may reasonably crash on malformed messages
+    problems.extend(_check_system(roles, ref, capabilities))
+    if problems:
+        # Measured only when well formed: a chat template may reasonably refuse an empty or
+        # disordered conversation (transformers refuses an empty one outright), and the
+        # problems above already explain the record.
+        return problems, None
     conversation = [{"role": m["role"], "content": m["content"]} for m in messages]
-    tokens = count_tokens(conversation) if count_tokens else estimate_tokens(conversation)
+    if count_tokens is None:
+        tokens = estimate_tokens(conversation)
+    else:
+        try:
+            tokens = count_tokens(conversation)
+        except ConversationNotRenderable as error:
+            return [Problem(ProblemKind.TEMPLATE_REFUSED, ref, str(error))], None
     if tokens > max_tokens:
         unit = "tokens" if count_tokens else "tokens (estimated: characters / 4)"
         problems.append(
@@ -318,13 +382,15 @@ def validate_record(
     *,
     max_tokens: int,
     count_tokens: TokenCounter | None = None,
+    capabilities: ChatCapabilities | None = None,
 ) -> list[Problem]:
     """Every structural problem of one record (empty when it is valid; duplicates not included).
 
-    `count_tokens` measures the conversation for the TOO_LONG rule; without it the length is
-    estimated with `estimate_tokens`.
+    `count_tokens` measures the conversation for the TOO_LONG rule (only once it has no other
+    problem); without it the length is estimated with `estimate_tokens`. `capabilities` says
+    what the base model's chat template renders (None: not known, the schema decides alone).
     """
-    problems, _ = _check_record(record, ref, max_tokens, count_tokens)
+    problems, _ = _check_record(record, ref, max_tokens, count_tokens, capabilities)
     return problems
 
 
@@ -344,6 +410,7 @@ def validate_records(
     *,
     max_tokens: int,
     count_tokens: TokenCounter | None = None,
+    capabilities: ChatCapabilities | None = None,
 ) -> ValidationResult:
     """Validate `(ref, record)` pairs, including the cross-record DUPLICATE and DUPLICATE_ID rules.
 
@@ -351,14 +418,14 @@ def validate_records(
     A `prompt_id` names one prompt (ultrachat's is the prompt's sha256): several conversations
     may share a prompt and its id, but a later record that reuses an id for a different prompt
     is a DUPLICATE_ID problem naming the first. Valid records are returned in `canonical_record`
-    form.
+    form. `count_tokens` and `capabilities` are as for `validate_record`.
     """
     result = ValidationResult(tokens_estimated=count_tokens is None)
     first_ref_by_key: dict[str, str] = {}
     first_by_prompt_id: dict[str, tuple[str, str]] = {}  # prompt_id -> (ref, prompt)
     for ref, record in items:
         result.total += 1
-        problems, tokens = _check_record(record, ref, max_tokens, count_tokens)
+        problems, tokens = _check_record(record, ref, max_tokens, count_tokens, capabilities)
         if problems:
             result.problems.extend(problems)
             continue
@@ -392,13 +459,28 @@ def validate_records(
     return result
 
 
+def _schema_hint(result: ValidationResult) -> str:
+    """A last line for data that is not chat data at all: no record has `messages`."""
+    lacking = {
+        problem.ref
+        for problem in result.problems
+        if problem.kind is ProblemKind.MISSING_FIELD and problem.message == MISSING_MESSAGES
+    }
+    if result.total == 0 or len(lacking) < result.total:
+        return ""
+    return (
+        "\nno record has a 'messages' field: the data must be chat records in ultrachat_200k's "
+        "schema: prompt, prompt_id, messages (a list of {role, content})"
+    )
+
+
 def problem_summary(result: ValidationResult) -> str:
     """Counts by kind and the first problems, as error messages show them."""
     by_kind = ", ".join(f"{kind}={count}" for kind, count in result.counts_by_kind().items())
     shown = "\n".join(f"  {p.ref}: {p.message}" for p in result.problems[:SHOWN_PROBLEMS])
     more = len(result.problems) - SHOWN_PROBLEMS
     tail = f"\n  ... and {more} more" if more > 0 else ""
-    return f"problems by kind: {by_kind}\nfirst problems:\n{shown}{tail}"
+    return f"problems by kind: {by_kind}\nfirst problems:\n{shown}{tail}{_schema_hint(result)}"
 
 
 def apply_policy(result: ValidationResult, policy: InvalidRecordPolicy) -> None:

@@ -19,6 +19,7 @@ from finetune_phi.chat_data.prepare import (
     file_sha256,
     load_manifest,
     prepare_dataset,
+    prepare_into_store,
     verify_dataset,
 )
 from finetune_phi.chat_data.validation import DataValidationError
@@ -177,3 +178,48 @@ def test_verify_detects_a_changed_file(tmp_path: Path) -> None:
 def test_a_missing_manifest_means_incomplete(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         verify_dataset(tmp_path)
+
+
+def test_prepare_into_store_is_content_addressed_and_leaves_no_staging(tmp_path: Path) -> None:
+    store = tmp_path / "datasets"
+    first = prepare_into_store(synthetic_settings(), store)
+    assert (first.directory, first.reused) == (store / first.manifest.dataset_sha256[:16], False)
+    assert first.train_file == first.directory / "train.jsonl"
+    again = prepare_into_store(synthetic_settings(), store)
+    assert (again.directory, again.reused) == (first.directory, True)
+    assert [p.name for p in store.iterdir()] == [first.directory.name]
+    assert verify_dataset(first.directory) == again.manifest
+
+
+def test_prepare_into_store_leaves_nothing_when_the_data_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "datasets"
+    with pytest.raises(DataValidationError):
+        prepare_into_store(fixture_settings(action="fail"), store)
+    assert not store.exists() or list(store.iterdir()) == []
+
+
+def test_a_reused_folder_describes_the_latest_preparation(tmp_path: Path) -> None:
+    """The same valid records from a file whose bad lines were since deleted: same dataset, and
+    its problems.jsonl and manifest must not keep describing the old file."""
+    source = tmp_path / "chats.jsonl"
+    lines = FIXTURE.read_text(encoding="utf-8").splitlines()
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    settings = DataSettings(
+        source=FileSource(kind="file", path=source),
+        test_fraction=0.25,
+        invalid=InvalidRecordPolicy(max_invalid_fraction=0.5),
+    )
+    store = tmp_path / "datasets"
+    before = prepare_into_store(settings, store)
+    assert before.manifest.counts.invalid > 0
+    problems = read_jsonl(before.directory / "problems.jsonl")
+    bad = {int(p["ref"].split()[1]) for p in problems}
+    kept = [text for number, text in enumerate(lines, start=1) if number not in bad]
+    source.write_text("\n".join(kept) + "\n", encoding="utf-8")
+
+    after = prepare_into_store(settings, store)
+    assert (after.directory, after.reused) == (before.directory, True)
+    assert (after.directory / "problems.jsonl").read_text() == ""
+    assert load_manifest(after.directory) == after.manifest
+    assert after.manifest.counts.invalid == 0
+    assert verify_dataset(after.directory).dataset_sha256 == before.manifest.dataset_sha256

@@ -84,3 +84,20 @@ def test_iter_source_passes_the_hub_loader_on() -> None:
 
     source = HubSource(kind="hub", name="someone/chats", config=None)
     assert list(iter_source(source, hub_loader=loader)) == [("row 0", RECORD)]
+
+
+def test_a_file_that_is_not_parquet_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "data.parquet"
+    path.write_text("prompt,messages\nHi,[]\n")  # a CSV, named .parquet
+    with pytest.raises(ValueError) as caught:
+        list(iter_source(FileSource(kind="file", path=path)))
+    message = str(caught.value)
+    assert message.startswith(f"data file {str(path)!r} cannot be read as Parquet")
+    assert message.count(str(path)) == 1  # pyarrow's own mention of the path is left out
+
+
+def test_a_folder_is_not_a_data_file(tmp_path: Path) -> None:
+    folder = tmp_path / "data.jsonl"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"data\.jsonl' is not a file \(a folder\?\)$"):
+        iter_source(FileSource(kind="file", path=folder))

@@ -9,6 +9,8 @@ import pytest
 
 from finetune_phi.chat_data.config import InvalidRecordPolicy
 from finetune_phi.chat_data.validation import (
+    ChatCapabilities,
+    ConversationNotRenderable,
     DataValidationError,
     Problem,
     ProblemKind,
@@ -299,3 +301,91 @@ def test_error_message_lists_only_the_first_problems() -> None:
     with pytest.raises(DataValidationError) as caught:
         apply_policy(_result_with(invalid=8, valid=0), InvalidRecordPolicy())
     assert "... and 3 more" in str(caught.value)
+
+
+# --------------------------------------------------------------------------- the base model
+
+
+SYSTEM_FIRST = record(("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"))
+
+
+def test_a_system_message_is_kept_when_the_template_has_a_system_turn() -> None:
+    capabilities = ChatCapabilities(model="microsoft/Phi-3.5-mini-instruct", system_turn=True)
+    assert validate_record(SYSTEM_FIRST, "line 1", max_tokens=100, capabilities=capabilities) == []
+
+
+def test_a_system_message_is_refused_naming_the_base_model_without_a_system_turn() -> None:
+    capabilities = ChatCapabilities(model="microsoft/Phi-3-medium-4k-instruct", system_turn=False)
+    problems = validate_record(SYSTEM_FIRST, "line 3", max_tokens=100, capabilities=capabilities)
+    assert problems == [
+        Problem(
+            ProblemKind.SYSTEM_MESSAGE_UNSUPPORTED,
+            "line 3",
+            "message 1: a system message, but the chat template of "
+            "microsoft/Phi-3-medium-4k-instruct has no system turn (training would drop or "
+            "refuse it); leave it out or put its text into the first user message",
+        )
+    ]
+    # Records without a system message are not affected.
+    assert validate_record(GOOD, "line 4", max_tokens=100, capabilities=capabilities) == []
+
+
+def test_the_token_counter_only_sees_records_without_problems() -> None:
+    """A chat template may refuse what the schema rules already refuse (transformers refuses
+    an empty conversation outright): such records must be reported, not crash the counter."""
+    seen: list[list[dict[str, str]]] = []
+
+    def strict_counter(messages: list[dict[str, str]]) -> int:
+        if not messages or messages[0]["role"] != "user":
+            raise AssertionError(f"the counter was given {messages!r}")
+        seen.append(messages)
+        return 5
+
+    result = validate_records(
+        [
+            ("line 1", record()),
+            ("line 2", record(("assistant", "Hello"), ("user", "Hi"))),
+            ("line 3", with_changes(GOOD, messages=[{"role": "user", "content": 3}])),
+            ("line 4", GOOD),
+        ],
+        max_tokens=100,
+        count_tokens=strict_counter,
+    )
+    assert [ref for ref, _ in result.valid] == ["line 4"]
+    assert result.invalid_refs == ["line 1", "line 2", "line 3"]
+    assert len(seen) == 1
+
+
+def test_a_conversation_the_counter_cannot_render_is_a_problem_of_that_record() -> None:
+    def refusing_counter(messages: list[dict[str, str]]) -> int:
+        if "refuse me" in messages[0]["content"]:
+            raise ConversationNotRenderable("the chat template of m cannot render this: no")
+        return 5
+
+    refused = record(("user", "refuse me"), ("assistant", "ok"))
+    result = validate_records(
+        [("row 0", refused), ("row 1", GOOD)], max_tokens=100, count_tokens=refusing_counter
+    )
+    assert [ref for ref, _ in result.valid] == ["row 1"]
+    assert result.problems == [
+        Problem(
+            ProblemKind.TEMPLATE_REFUSED, "row 0", "the chat template of m cannot render this: no"
+        )
+    ]
+
+
+def test_data_with_no_messages_at_all_gets_a_schema_hint() -> None:
+    items: list[tuple[str, object]] = [
+        (f"row {i}", {"question": "Q", "answer": "A"}) for i in range(3)
+    ]
+    with pytest.raises(DataValidationError) as caught:
+        apply_policy(validate_records(items, max_tokens=MAX_TOKENS), InvalidRecordPolicy())
+    assert str(caught.value).endswith(
+        "\nno record has a 'messages' field: the data must be chat records in ultrachat_200k's "
+        "schema: prompt, prompt_id, messages (a list of {role, content})"
+    )
+    # One record with messages is enough to drop the hint: the schema is right, records are not.
+    items.append(("row 3", GOOD))
+    with pytest.raises(DataValidationError) as caught:
+        apply_policy(validate_records(items, max_tokens=MAX_TOKENS), InvalidRecordPolicy())
+    assert "no record has a 'messages' field" not in str(caught.value)
