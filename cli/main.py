@@ -210,7 +210,8 @@ def error_paragraph(exc: BaseException, prefix: str = "") -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    prefix = "run failed: " if args.command in ("run", "demo") else ""
+    running = args.command == "demo" or (args.command == "run" and not args.dry_run)
+    prefix = "run failed: " if running else ""
     try:
         return int(args.func(args))
     except FinetunePhiError as exc:
@@ -219,9 +220,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # else that escapes is a bug and keeps its traceback.
         print(error_paragraph(exc, prefix), file=sys.stderr)
         return exc.exit_code
-    except ValueError as exc:  # DataValidationError: until it is a UsageError
-        print(error_paragraph(exc, prefix), file=sys.stderr)
-        return 2
     except FileNotFoundError as exc:
         print(error_paragraph(exc, prefix), file=sys.stderr)
         return 2

@@ -162,9 +162,8 @@ def print_pipeline_summary(result: PipelineResult) -> None:
 
 def preview_dataset(profile: Profile, base_model: str, scratch: Path) -> DatasetFacts:
     """The dataset a run would train on, prepared in `scratch` (never in the state folder)."""
-    from finetune_phi.chat_data import prepare_dataset
+    from finetune_phi.chat_data import chat_token_counter, prepare_dataset
     from finetune_phi.tiny_model import build_default_tiny_phi3, is_built
-    from tasks.dataset import chat_token_counter
 
     layout = StateLayout(profile.state_dir)
     if profile.data.source.kind == "hub":
@@ -212,6 +211,7 @@ def _facts(manifest: DatasetManifest, folder: Path, how: str) -> DatasetFacts:
         train_count=counts.train,
         test_count=counts.test,
         invalid_count=counts.invalid,
+        problems=dict(counts.by_kind),
     )
 
 

@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from finetune_phi.evaluation import GateDecision
-    from finetune_phi.rollout import RolloutReport
-    from finetune_phi.settings import Profile
     from finetune_phi.results import PipelineResult
+    from finetune_phi.rollout import RolloutReport
 
 SAMPLE_QUESTIONS = 3
 GATE_CHART_FILE = "gate.png"

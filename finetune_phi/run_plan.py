@@ -61,6 +61,7 @@ class DatasetFacts:
     train_count: int | None = None
     test_count: int | None = None
     invalid_count: int | None = None
+    problems: Mapping[str, int] = field(default_factory=dict)  # invalid records by kind
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,10 @@ def describe_lineage(model: ModelVersion) -> str:
     )
 
 
+def _kinds(problems: Mapping[str, int]) -> str:
+    return ", ".join(f"{kind} {count}" for kind, count in sorted(problems.items()))
+
+
 _JOB_REUSE = {
     "Completed": "finished: re-used, not trained again",
     "Running": "running: re-attached",
@@ -300,8 +305,9 @@ def _lines(plan: RunPlan) -> list[tuple[str, str]]:
             (
                 "",
                 f"dataset {dataset.sha256[:16]}: {dataset.train_count} train / "
-                f"{dataset.test_count} test, {dataset.invalid_count} invalid left out "
-                f"({dataset.how})",
+                f"{dataset.test_count} test, {dataset.invalid_count} invalid left out"
+                + (f" ({_kinds(dataset.problems)})" if dataset.problems else "")
+                + f" ({dataset.how})",
             )
         )
     else:

@@ -25,6 +25,7 @@ def dataset_facts(dataset: PreparedDataset) -> DatasetFacts:
         train_count=counts.train,
         test_count=counts.test,
         invalid_count=counts.invalid,
+        problems=dict(counts.by_kind),
     )
 
 

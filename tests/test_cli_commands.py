@@ -182,7 +182,9 @@ def test_data_inspect_prepares_then_reuses_and_agrees_with_the_dry_run(
     # The dry run computes the same dataset (and so the same job name) as the flow's stage.
     code, out, _ = cli(capsys, "run", "--dry-run", "--profile", str(profile), *source)
     assert code == 0
-    assert f"dataset {sha}: 80 train / 20 test, 2 invalid left out" in out
+    assert f"dataset {sha}: 80 train / 20 test, 2 invalid left out (" in out
+    kinds = out.split("2 invalid left out (")[1].split(")")[0]
+    assert "missing_field 1" in kinds  # the kinds, as data inspect reports them
     assert "the same folder already exists in the state folder" in out
     settings = load_profile(
         str(profile),
