@@ -147,7 +147,13 @@ def load_hub_records(
         from datasets import load_dataset  # heavy, and needs the network or a warm cache
 
         loader = load_dataset
-    rows = loader(source.name, source.config, split=source.split, revision=source.revision)
+    try:
+        rows = loader(source.name, source.config, split=source.split, revision=source.revision)
+    except ValueError as error:  # an unknown split or configuration, a slice out of range
+        raise DataSourceError(
+            f"hub dataset {source.name!r} (configuration {source.config!r}, split "
+            f"{source.split!r}) cannot be loaded: {error}"
+        ) from error
     for index, row in enumerate(rows):
         yield f"row {index}", row
 
