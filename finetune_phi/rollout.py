@@ -24,18 +24,22 @@ The Prefect task that calls this has no retries for the same reason.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from finetune_phi.errors import FinetunePhiError
-from finetune_phi.settings import RolloutSettings
+from finetune_phi.serving_plan import ServingPlan, ServingPlanError, phi3_parameters
+from finetune_phi.settings import Profile, RolloutSettings
 from finetune_phi.workspace import (
     CHALLENGER,
     CHAMPION,
     DeploymentInfo,
     DeploymentSpec,
+    ModelRegistry,
     ModelVersion,
     TrafficState,
     Workspace,
@@ -43,6 +47,9 @@ from finetune_phi.workspace import (
 )
 
 COLOURS = ("blue", "green")
+# Waits without a serving plan (the tiny model on this machine answers in well under a second).
+DEFAULT_READINESS_SECONDS = 600
+DEFAULT_PROBE_SECONDS = 60.0
 
 # What a rollout asks a new deployment: the tutorial's request shape, greedy and short.
 DEFAULT_PROBE: dict[str, Any] = {
@@ -214,12 +221,17 @@ def _probe(
     probe: Mapping[str, Any],
     count: int,
     deployment: str | None = None,
+    *,
+    timeout: float = 60.0,
 ) -> tuple[int, str | None]:
     """Send `count` probe requests; the number that failed and the first failure's reason."""
     failures, first = 0, None
     for _ in range(count):
         try:
-            _check_answer(workspace.endpoints.invoke(endpoint, probe, deployment=deployment))
+            answer = workspace.endpoints.invoke(
+                endpoint, probe, deployment=deployment, timeout=timeout
+            )
+            _check_answer(answer)
         except WorkspaceError as exc:
             failures += 1
             first = first or str(exc)
@@ -235,9 +247,15 @@ def execute_rollout(
     *,
     probe: Mapping[str, Any] = DEFAULT_PROBE,
     smoke_test: Callable[[str | None], Any] | None = None,
+    serving: ServingPlan | None = None,
     log: Callable[[str], None] = print,
 ) -> RolloutReport:
     """Carry out `plan`; on any failure restore the endpoint exactly and raise RolloutFailed.
+
+    `serving` (the model's serving plan) sizes the waits: how long the new deployment may take
+    to become ready and how long one probe may take; it also goes to the deployment (dtype,
+    request timeout, concurrency, probe delays). Without it: DEFAULT_READINESS_SECONDS and
+    DEFAULT_PROBE_SECONDS, right for the tiny model.
 
     `smoke_test(deployment)` (e.g. the Prompt flow asking fact questions) runs against the new
     deployment directly before it gets traffic, and through the endpoint (`None`) once it has
@@ -246,6 +264,13 @@ def execute_rollout(
     """
     report = RolloutReport(plan)
     started = time.monotonic()
+    readiness_seconds = settings.readiness_timeout_seconds or (
+        serving.readiness_timeout_seconds if serving else DEFAULT_READINESS_SECONDS
+    )
+    probe_seconds = serving.probe_timeout_seconds if serving else DEFAULT_PROBE_SECONDS
+
+    def check(count: int, deployment: str | None = None) -> tuple[int, str | None]:
+        return _probe(workspace, endpoint, probe, count, deployment, timeout=probe_seconds)
 
     def event(message: str) -> None:
         report.events.append(message)
@@ -273,12 +298,14 @@ def execute_rollout(
             event(f"rollout: {new!r} already serves {plan.model} {share} and is ready")
         else:
             event(f"rollout: creating deployment {new!r} with {plan.model} at 0%")
-            workspace.endpoints.create_or_update_deployment(DeploymentSpec(endpoint, new, model))
+            workspace.endpoints.create_or_update_deployment(
+                DeploymentSpec(endpoint, new, model, serving=serving)
+            )
         workspace.registry.set_model_alias(model.name, CHALLENGER, model.version)
         stage = "readiness"
-        _wait_ready(workspace, endpoint, new, settings.readiness_timeout_seconds)
+        _wait_ready(workspace, endpoint, new, readiness_seconds)
         stage = "direct test"
-        failures, why = _probe(workspace, endpoint, probe, 1, deployment=new)
+        failures, why = check(1, new)
         if failures:
             raise WorkspaceError(f"direct request to {new!r} failed: {why}")
         event(f"rollout: {new!r} is ready and answers directly")
@@ -292,9 +319,9 @@ def execute_rollout(
             stage = "mirror"
             mirrored = TrafficState(dict(original.traffic), {new: plan.mirror_percent})
             workspace.endpoints.set_traffic(endpoint, mirrored)
-            failures, why = _probe(workspace, endpoint, probe, settings.mirror_requests)
+            failures, why = check(settings.mirror_requests)
             # Mirrored answers are discarded: ask the new deployment itself how it is doing.
-            new_failures, new_why = _probe(workspace, endpoint, probe, 1, deployment=new)
+            new_failures, new_why = check(1, new)
             if failures or new_failures:
                 raise WorkspaceError(f"mirror phase: {why or new_why}")
             event(
@@ -306,8 +333,8 @@ def execute_rollout(
             applied = workspace.endpoints.set_traffic(endpoint, TrafficState(dict(step), {}))
             if applied.live != {k: v for k, v in step.items() if v > 0}:
                 raise WorkspaceError(f"traffic read back as {dict(applied.traffic)}")
-            failures, why = _probe(workspace, endpoint, probe, settings.requests_per_step)
-            new_failures, new_why = _probe(workspace, endpoint, probe, 1, deployment=new)
+            failures, why = check(settings.requests_per_step)
+            new_failures, new_why = check(1, new)
             rate = (failures + new_failures) / (settings.requests_per_step + 1)
             if rate > settings.max_error_rate:
                 raise WorkspaceError(f"error rate {rate:.0%} at {dict(step)}: {why or new_why}")
@@ -463,4 +490,33 @@ def rollback_target(
     raise NothingToRollBack(
         f"traffic is split ({shares}) and no single live deployment serves the champion: "
         "choose one with --deployment NAME"
+    )
+
+
+# --------------------------------------------------------------------------- serving
+
+
+PARAMETERS_TAG = "model_parameters"  # on a registered version: its size, as the trainer counted
+
+
+def parameters_of(
+    model: ModelVersion, registry: ModelRegistry, profile: Profile, scratch: Path
+) -> int:
+    """The model's size: the profile's `serving.model_parameters`, else the version's tag,
+    else counted from its config.json when the registry keeps the files on this machine.
+    Never downloads a model (the process that plans may have neither the room nor the time)."""
+    if profile.serving.model_parameters:
+        return profile.serving.model_parameters
+    tagged = model.tags.get(PARAMETERS_TAG, "")
+    if tagged.isdigit():
+        return int(tagged)
+    if model.source.startswith(("file:", "/")):
+        folder = registry.download_model(model.name, model.version, scratch)  # local: no copy
+        for config_file in sorted(Path(folder).rglob("config.json")):
+            config = json.loads(config_file.read_text())
+            if config.get("model_type") == "phi3":
+                return phi3_parameters(config)
+    raise ServingPlanError(
+        f"the size of {model.name}:{model.version} is not known (no {PARAMETERS_TAG} tag, no "
+        "local config.json): set serving.model_parameters, e.g. 3821079552 for Phi-3.5-mini"
     )

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from finetune_phi.errors import FinetunePhiError
+from finetune_phi.serving_plan import ServingPlan
 from trainer.config import Hyperparameters, RunOptions
 
 # The header that targets one deployment, bypassing the traffic map and mirroring (Azure's).
@@ -252,6 +253,9 @@ class DeploymentSpec:
     instance_type: str = "local"
     instance_count: int = 1
     environment_variables: Mapping[str, str] = field(default_factory=dict)
+    # The serving plan (dtype, request timeout, concurrency, probe delays, how long to wait
+    # for readiness), derived from the model's size and the SKU; None: the backend's defaults.
+    serving: ServingPlan | None = None
 
 
 @dataclass(frozen=True)

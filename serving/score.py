@@ -73,6 +73,9 @@ else:  # loaded by path on Azure, from a folder that holds contract.py beside it
 LOGGER = logging.getLogger("serving.score")
 
 MODEL_DIR_ENV = "AZUREML_MODEL_DIR"
+# The weights' dtype when serving (the serving plan's choice, set on the deployment): float32,
+# bfloat16 or float16; unset: as trained on a GPU, float32 on a CPU.
+DTYPE_ENV = "FINETUNE_PHI_SERVING_DTYPE"
 MLMODEL_FILE = "MLmodel"
 # How deep under AZUREML_MODEL_DIR to look for MLmodel: Azure puts a registered folder one
 # level down (<dir>/<folder name>/MLmodel); two more levels tolerate a folder registered with
@@ -141,10 +144,14 @@ class Scorer:
         components = mlflow.transformers.load_model(str(path), return_type="components")
         model = components["model"].eval()
         tokenizer = components["tokenizer"]
+        wanted = os.environ.get(DTYPE_ENV, "")
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if wanted and wanted not in dtypes:
+            raise ValueError(f"{DTYPE_ENV}={wanted!r}: expected one of {', '.join(dtypes)}")
         if torch.cuda.is_available():
-            model = model.to("cuda")
-        elif model.dtype in (torch.bfloat16, torch.float16):
-            # A model trained in bf16 on a GPU: half precision on a CPU is emulated, ~50x slower.
+            model = model.to("cuda", dtype=dtypes[wanted]) if wanted else model.to("cuda")
+        elif model.dtype in (torch.bfloat16, torch.float16) or wanted:
+            # A CPU: half precision is emulated, ~50x slower; the serving plan never asks it.
             model = model.float()
         model.generation_config.use_cache = True  # training turns the KV cache off
         if tokenizer.pad_token_id is None:

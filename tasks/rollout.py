@@ -16,8 +16,10 @@ from prefect import get_run_logger, task
 from backends import open_workspace
 from finetune_phi.chat_data.synthetic import FactProbe, fact_probes
 from finetune_phi.errors import FinetunePhiError
-from finetune_phi.rollout import RolloutReport, execute_rollout, plan_rollout
+from finetune_phi.rollout import RolloutReport, execute_rollout, parameters_of, plan_rollout
+from finetune_phi.serving_plan import profile_serving_plan
 from finetune_phi.settings import Profile
+from finetune_phi.state import StateLayout
 from finetune_phi.workspace import ModelVersion, NotFound
 from tasks.retry import retry_if_transient
 
@@ -37,15 +39,16 @@ def smoke_probes(profile: Profile) -> list[FactProbe]:
 
 
 def smoke_check(
-    profile: Profile, scoring_uri: str, key: str
+    profile: Profile, scoring_uri: str, key: str, *, timeout: float = 300
 ) -> Callable[[str | None], SmokeResult]:
-    """The rollout's check: run the Prompt flow against a deployment (or the endpoint)."""
+    """The rollout's check: run the Prompt flow against a deployment (or the endpoint), within
+    `timeout` seconds (the serving plan's: a 3.8B model on a CPU needs minutes)."""
     from finetune_phi.promptflow_bridge import smoke_test
 
     probes = smoke_probes(profile)
 
     def check(deployment: str | None) -> SmokeResult:
-        result = smoke_test(scoring_uri, key, probes, deployment=deployment)
+        result = smoke_test(scoring_uri, key, probes, deployment=deployment, timeout=timeout)
         accuracy = sum(a.correct for a in result.answers) / max(len(result.answers), 1)
         if result.error or accuracy < profile.smoke.min_accuracy:
             raise SmokeTestFailed(result.summary)
@@ -70,13 +73,24 @@ def rollout_model(profile: Profile, model: ModelVersion) -> RolloutReport:
     )
     for line in plan.describe():
         logger.info("plan: %s", line)
+    scratch = StateLayout(profile.state_dir).root / "downloads"
+    serving = profile_serving_plan(
+        profile, parameters_of(model, workspace.registry, profile, scratch)
+    )
+    logger.info("serving: %s", serving.describe())
     smoke = None
     if profile.smoke.enabled:
-        smoke = smoke_check(
-            profile, info.scoring_uri, workspace.endpoints.get_endpoint_keys(endpoint).primary
-        )
+        key = workspace.endpoints.get_endpoint_keys(endpoint).primary
+        smoke = smoke_check(profile, info.scoring_uri, key, timeout=serving.smoke_timeout_seconds)
     return execute_rollout(
-        workspace, endpoint, model, plan, profile.rollout, smoke_test=smoke, log=logger.info
+        workspace,
+        endpoint,
+        model,
+        plan,
+        profile.rollout,
+        smoke_test=smoke,
+        serving=serving,
+        log=logger.info,
     )
 
 

@@ -2,7 +2,7 @@
 
     python tests/endpoint/stand_in_server.py --model-dir DIR --port PORT --host 127.0.0.1 \
         --name NAME [--load-seconds S] [--never-ready] [--fail-load] [--fail-score]
-        [--score-delay S] [--exit-on-start]
+        [--score-delay S] [--answer TEXT] [--exit-on-start]
 
 - GET /liveness: 200 once the process is up.
 - GET /readiness: 503 while "loading" (`--load-seconds`, forever with `--never-ready`), then
@@ -55,6 +55,8 @@ def build_app(args: argparse.Namespace) -> Starlette:
             body = json.loads(await request.body())
         except ValueError:
             return JSONResponse({"error": "the body is not JSON"}, status_code=400)
+        if args.answer is not None:  # the tutorial's answer shape, as a rollout probe expects
+            return JSONResponse([args.answer])
         return JSONResponse({"deployment": args.name, "echo": body})
 
     async def stats(request: Request) -> Response:
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-load", action="store_true")
     parser.add_argument("--fail-score", action="store_true")
     parser.add_argument("--score-delay", type=float, default=0.0)
+    parser.add_argument("--answer", default=None, help="answer every /score with [ANSWER]")
     parser.add_argument("--exit-on-start", action="store_true")
     args = parser.parse_args(argv)
     print(f"stand-in {args.name}: model {args.model_dir}, port {args.port}", flush=True)

@@ -65,6 +65,7 @@ from finetune_phi.workspace import (
     WorkspaceError,
     scoring_error,
 )
+from serving.score import DTYPE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -412,6 +413,7 @@ class LocalEndpoints:
         """Poll the server's /readiness until 200 (None) or a reason it will not be ready.
         The interval grows from 0.1 s to 1 s: quick for small models, and a long model load
         does not fill the server's log with probe lines."""
+        began = time.monotonic()
         interval = POLL_SECONDS
         while True:
             code = started.process.poll()
@@ -427,7 +429,7 @@ class LocalEndpoints:
                     detail = response.text
                 return f"the model failed to load: {detail}"
             if time.monotonic() >= deadline:
-                return f"not ready after {self.ready_timeout:.0f} s"
+                return f"not ready after {deadline - began:.0f} s"
             time.sleep(interval)
             interval = min(1.0, interval * 1.5)
 
@@ -693,6 +695,12 @@ class LocalEndpoints:
             )
         model = f"{spec.model.name}:{spec.model.version}"
         env = dict(spec.environment_variables)
+        # The serving plan sizes the wait for a model to load (minutes for a 3.8B model on a
+        # CPU) and chooses its dtype; without one, this control plane's defaults.
+        ready_timeout = self.ready_timeout
+        if spec.serving is not None:
+            ready_timeout = float(spec.serving.readiness_timeout_seconds)
+            env.setdefault(DTYPE_ENV, spec.serving.dtype)
         now = time.time()
 
         with store.update() as record:
@@ -735,7 +743,7 @@ class LocalEndpoints:
                 dep.serving = False
             dep.updated_at, dep.error = now, None
 
-        reason = self._await_ready(run, time.monotonic() + self.ready_timeout)
+        reason = self._await_ready(run, time.monotonic() + ready_timeout)
 
         replaced: tuple[int | None, list[str]] | None = None
         with store.update() as record:
