@@ -78,7 +78,7 @@ class ResourceMeter:
         return list(found.values())
 
     def sample(self) -> None:
-        total, by_name = 0, {}
+        total, by_name = 0, dict[str, int]()
         for process in self.processes():
             try:
                 with process.oneshot():
