@@ -69,6 +69,13 @@ class AzureBackendSettings(StrictModel):
     training_sku: str = Field(
         default="Standard_NC24ads_A100_v4", description="VM size of the training cluster."
     )
+    allow_cpu_training: bool = Field(
+        default=False,
+        description="Let a training job train on a node without a usable CUDA GPU (on its CPU, "
+        "in fp32: hours for a 3.8B model). false: the job's trainer gets --require_gpu (see "
+        "training_run.require_gpu) and fails within seconds, saying what torch found, when "
+        "training_sku has no GPU or the environment's torch has no CUDA.",
+    )
     training_min_nodes: int = Field(default=0, ge=0, description="0 scales to zero when idle.")
     training_max_nodes: int = Field(default=1, ge=1, description="Upper bound of the cluster.")
     idle_seconds_before_scale_down: int = Field(

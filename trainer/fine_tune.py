@@ -7,6 +7,8 @@ The same script runs from the local job runner, inside the Azure ML command job 
         --model_output_dir out --base_model microsoft/Phi-3.5-mini-instruct
     # defaults < YAML --config < command-line flags
     python -m trainer.fine_tune --config job.yaml --learning_rate 1e-4 --method lora
+    # where training must run on a GPU: no usable GPU stops it in seconds, saying what was found
+    python -m trainer.fine_tune --config job.yaml --require_gpu
     python -m trainer.fine_tune --help
 
 It writes into --model_output_dir:
@@ -109,16 +111,81 @@ class DevicePlan:
     precision: str  # "bf16", "fp16" or "fp32"
 
 
-def plan_device(precision: str, *, cuda: bool, bf16_supported: bool) -> DevicePlan:
-    """bf16 on a GPU that has it, fp32 elsewhere: CPUs here emulate bf16 ~50x slower."""
+def plan_device(
+    precision: str, *, cuda: bool, bf16_supported: bool, found: str | None = None
+) -> DevicePlan:
+    """bf16 on a GPU that has it, fp32 elsewhere: CPUs here emulate bf16 ~50x slower.
+
+    `found` (`GpuProbe.describe()`) is added to an error as its `found:` line.
+    """
     device = "cuda" if cuda else "cpu"
+    found_line = f"\n  found: {found}" if found else ""
     if precision == "auto":
         return DevicePlan(device, "bf16" if cuda and bf16_supported else "fp32")
     if precision in {"bf16", "fp16"} and not cuda:
-        raise SystemExit(f"--precision {precision} needs a CUDA device; use fp32 or auto on CPU")
+        raise SystemExit(
+            f"--precision {precision} needs a CUDA device; use fp32 or auto on CPU{found_line}"
+        )
     if precision == "bf16" and not bf16_supported:
-        raise SystemExit("--precision bf16: this GPU has no bf16 support; use fp16 or auto")
+        raise SystemExit(
+            f"--precision bf16: this GPU has no bf16 support; use fp16 or auto{found_line}"
+        )
     return DevicePlan(device, precision)
+
+
+@dataclass(frozen=True)
+class GpuProbe:
+    """What torch finds on this machine: `probe_gpu` fills it in, tests write it by hand."""
+
+    cuda_available: bool  # torch.cuda.is_available()
+    device_count: int  # torch.cuda.device_count()
+    torch_version: str  # torch.__version__
+    cuda_build: str | None  # torch.version.cuda: the CUDA torch was built for, None if CPU-only
+    bf16_supported: bool = False  # torch.cuda.is_bf16_supported(), on a usable GPU only
+    visible_devices: str | None = None  # $CUDA_VISIBLE_DEVICES, when it is set
+
+    @property
+    def usable(self) -> bool:
+        return self.cuda_available and self.device_count > 0
+
+    def describe(self) -> str:
+        build = f"built for CUDA {self.cuda_build}" if self.cuda_build else "a CPU-only build"
+        found = (
+            f"torch.cuda.is_available() {self.cuda_available}, "
+            f"{self.device_count} CUDA device(s), torch {self.torch_version} ({build})"
+        )
+        if self.visible_devices is not None:
+            found += f", CUDA_VISIBLE_DEVICES={self.visible_devices!r}"
+        return found
+
+
+def gpu_problem(probe: GpuProbe) -> str | None:
+    """Why `--require_gpu` stops this run, or None on a usable GPU: what torch found and what
+    to do, most likely fix first. It is the whole of what a user sees (in an Azure job: the
+    last lines of its log), so it names the profile keys as well as the flag."""
+    if probe.usable:
+        return None
+    fixes = [
+        "run on a GPU machine: on Azure ML set backend.training_sku to a GPU VM size (NC or "
+        "ND series, e.g. Standard_NC24ads_A100_v4), and check its NVIDIA driver (nvidia-smi)"
+    ]
+    hidden = probe.visible_devices is not None and probe.visible_devices.strip() in {"", "-1"}
+    if hidden and probe.cuda_build is not None:
+        fixes.insert(0, "CUDA_VISIBLE_DEVICES hides every GPU: unset it or name the GPUs to use")
+    if probe.cuda_build is None:
+        fixes.append(
+            "this torch is a CPU-only build: the training environment needs a CUDA build of "
+            "torch (pip's default Linux wheel is one)"
+        )
+    lines = [
+        "--require_gpu: no usable CUDA GPU, so the run stops before loading the model instead "
+        "of training on the CPU in fp32 (hours for a 3.8B model)",
+        f"  found: {probe.describe()}",
+        *(f"  {'to fix' if i == 0 else 'also'}: {fix}" for i, fix in enumerate(fixes)),
+        "  or: allow CPU training explicitly (backend.allow_cpu_training: true in an Azure "
+        "profile; by hand, leave out --require_gpu)",
+    ]
+    return "\n".join(lines)
 
 
 def build_sft_config(
@@ -182,6 +249,21 @@ def format_duration(seconds: float) -> str:
 
 
 # --------------------------------------------------------------------------- side effects
+
+
+def probe_gpu() -> GpuProbe:
+    """Ask torch what GPU it can use (seconds: nothing is loaded onto the device)."""
+    import torch
+
+    available = torch.cuda.is_available()
+    return GpuProbe(
+        cuda_available=available,
+        device_count=torch.cuda.device_count(),
+        torch_version=str(torch.__version__),
+        cuda_build=torch.version.cuda,
+        bf16_supported=available and torch.cuda.is_bf16_supported(),
+        visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+    )
 
 
 def load_model_and_tokenizer(base_model: str, hp: Hyperparameters, plan: DevicePlan):
@@ -480,14 +562,21 @@ def main(job: JobArguments, run: RunOptions, hp: Hyperparameters) -> dict[str, A
         )
         return done
 
-    import torch
-
-    if run.torch_threads > 0:
-        torch.set_num_threads(run.torch_threads)
-    cuda = torch.cuda.is_available()
+    probe = probe_gpu()
+    # Before anything is loaded or written: a GPU-less node fails in seconds, not hours.
+    problem = gpu_problem(probe) if run.require_gpu else None
+    if problem is not None:
+        raise SystemExit(problem)
     plan = plan_device(
-        hp.precision, cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported()
+        hp.precision,
+        cuda=probe.usable,
+        bf16_supported=probe.bf16_supported,
+        found=probe.describe(),
     )
+    if run.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(run.torch_threads)
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoints_dir = output_dir / CHECKPOINTS_DIR
     resume_from = last_checkpoint(checkpoints_dir)

@@ -20,7 +20,7 @@ import shlex
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from azure.ai.ml.entities._job.distribution import PyTorchDistribution
 from finetune_phi.settings import REPO_ROOT, AzureBackendSettings
 from finetune_phi.telemetry import TELEMETRY_OFF
 from finetune_phi.workspace import ComputeSpec, DeploymentSpec, EnvironmentRef, TrainingJobSpec
+from trainer.config import RunOptions
 
 DATASTORE = "workspaceblobstore"  # the workspace's default blob datastore
 MODEL_OUTPUT = "model"  # the job output holding mlflow_model/, metrics.json, checkpoints/
@@ -212,6 +213,15 @@ def trainer_arguments(spec: TrainingJobSpec) -> list[str]:
     return args
 
 
+def job_run_options(run_options: RunOptions, settings: AzureBackendSettings) -> RunOptions:
+    """The run options an Azure job gets: the profile's, with the trainer's `require_gpu` on
+    unless `backend.allow_cpu_training` lets a node without a usable GPU train on its CPU (in
+    fp32, for hours). A profile's own `training_run.require_gpu: true` is kept either way."""
+    if settings.allow_cpu_training or run_options.require_gpu:
+        return run_options
+    return replace(run_options, require_gpu=True)
+
+
 def _quote(arg: str) -> str:
     return arg if arg.startswith("${{") else shlex.quote(arg)
 
@@ -227,7 +237,10 @@ def build_job(
     settings: AzureBackendSettings,
 ) -> Any:
     """The command job of one attempt of `spec`: a `command()` builder, the form
-    `jobs.create_or_update` takes (it refuses a bare CommandJob) and `load_job` returns."""
+    `jobs.create_or_update` takes (it refuses a bare CommandJob) and `load_job` returns.
+    The trainer gets `--require_gpu True` unless the profile allows CPU training
+    (`job_run_options`)."""
+    job_spec = replace(spec, run_options=job_run_options(spec.run_options, settings))
     distribution = (
         PyTorchDistribution(process_count_per_instance=settings.processes_per_node)
         if settings.training_instance_count > 1 or settings.processes_per_node > 1
@@ -238,7 +251,7 @@ def build_job(
         display_name=spec.display_name or spec.name,
         experiment_name=spec.experiment,
         description=f"fine-tune {spec.base_model} (finetune-phi job {spec.name})",
-        command=" ".join(_quote(arg) for arg in trainer_arguments(spec)),
+        command=" ".join(_quote(arg) for arg in trainer_arguments(job_spec)),
         code=str(code),
         inputs={
             "train_file": Input(type=AssetTypes.URI_FILE, path=spec.train_file),

@@ -4,6 +4,8 @@ command line parses with the trainer's own parser; the dry run loads back the sa
 from __future__ import annotations
 
 import json
+import shlex
+from dataclasses import replace
 
 import yaml
 from azure.ai.ml import (
@@ -21,6 +23,7 @@ from backends.azure.dry_run import DryRun, build_dry_run
 from finetune_phi.run_plan import DatasetFacts, Observed, plan_run
 from finetune_phi.settings import REPO_ROOT, load_profile
 from finetune_phi.workspace import DeploymentSpec, EnvironmentRef, ModelVersion
+from trainer.config import RunOptions
 
 LOADERS = {
     "environment": load_environment,
@@ -268,3 +271,74 @@ def test_jobs_and_deployments_carry_telemetry_off(tmp_path):
         settings=azure_settings(),
     )
     assert own.environment_variables == {**TELEMETRY_OFF, "DO_NOT_TRACK": "false"}
+
+
+def _profile_job(tmp_path, **overrides):
+    """The training job an azure profile (with `--set`-style overrides) submits, as built by
+    the same builders as a real run (through the dry run)."""
+    profile = load_profile("azure", environ={}, overrides=overrides)
+    plan = plan_run(profile, profile.model.base, DatasetFacts(None), Observed(registry_read=False))
+    run = build_dry_run(plan, staging_dir=tmp_path / "stage")
+    (job,) = [entity for _, kind, entity in run.documents if kind == "job"]
+    return job
+
+
+def _trainer_run_options(command: str) -> RunOptions:
+    """What the trainer reads from a job's command line, with its own parser."""
+    from trainer.fine_tune import parse_arguments
+
+    placeholders = {
+        "${{inputs.train_file}}": "t.jsonl",
+        "${{inputs.eval_file}}": "e.jsonl",
+        "${{outputs.model}}": "out",
+    }
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "trainer.fine_tune"]
+    _, run, _ = parse_arguments([placeholders.get(word, word) for word in words[3:]])
+    return run
+
+
+def test_azure_training_jobs_require_a_gpu_unless_the_profile_allows_cpu(tmp_path):
+    """The precision guard (#13 E): by default the job's trainer gets --require_gpu, so a node
+    without a usable GPU fails in seconds instead of training in fp32 on its CPU for hours;
+    `backend.allow_cpu_training: true` leaves the flag off and changes nothing else."""
+    guarded = _profile_job(tmp_path)
+    assert "--require_gpu True" in guarded.command
+    assert _trainer_run_options(guarded.command).require_gpu is True
+
+    allowed = _profile_job(tmp_path, backend={"allow_cpu_training": True})
+    assert "--require_gpu False" in allowed.command
+    assert _trainer_run_options(allowed.command).require_gpu is False
+    assert allowed.command == guarded.command.replace("--require_gpu True", "--require_gpu False")
+    assert allowed.name == guarded.name  # a run option: not part of the job's identity
+
+
+def test_job_run_options_keep_a_profiles_own_require_gpu(tmp_path):
+    """`training_run.require_gpu: true` is the trainer's option and wins over the backend's
+    permission: allowing CPU never turns a requested guard off."""
+    allow = azure_settings(allow_cpu_training=True)
+    deny = azure_settings()
+    asked = RunOptions(save_steps=50, require_gpu=True)
+    assert entities.job_run_options(asked, allow) == asked
+    assert entities.job_run_options(asked, deny) == asked
+    assert entities.job_run_options(RunOptions(save_steps=50), allow) == RunOptions(save_steps=50)
+    assert entities.job_run_options(RunOptions(save_steps=50), deny) == asked
+
+    both = _profile_job(
+        tmp_path, backend={"allow_cpu_training": True}, training_run={"require_gpu": True}
+    )
+    assert _trainer_run_options(both.command).require_gpu is True
+
+    # build_job itself (not only the dry run) applies it, and leaves the spec as it was
+    _, spec = _built(tmp_path)
+    job = entities.build_job(
+        spec,
+        job_name=spec.name,
+        attempt=1,
+        environment=EnvironmentRef("e", "1"),
+        compute="c",
+        code=tmp_path,
+        settings=deny,
+    )
+    assert _trainer_run_options(job.command) == replace(spec.run_options, require_gpu=True)
+    assert spec.run_options.require_gpu is False
