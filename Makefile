@@ -7,6 +7,13 @@ PYTHON ?= python3
 VENV ?= .venv
 # Pins for this CPU machine kind; `make install CONSTRAINTS=` on a GPU machine.
 CONSTRAINTS ?= constraints.txt
+# The lock (docs/dependencies.md): every package pinned with its sha256, for this machine kind
+# (CPU, Python 3.11), made by `make lock` from pyproject.toml + CONSTRAINTS. `make install LOCK=`
+# installs from pyproject's ranges instead (with CONSTRAINTS); `CONSTRAINTS=` turns both off.
+LOCK ?= $(if $(CONSTRAINTS),requirements.lock,)
+# Extra pip-compile arguments for `make lock`, e.g. LOCK_ARGS=--upgrade (everything) or
+# LOCK_ARGS='--upgrade-package transformers'; without them existing pins are kept if still valid.
+LOCK_ARGS ?=
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-m 'not slow'"`.
 PYTEST_ARGS ?=
 
@@ -17,28 +24,58 @@ CONSTRAINT_FLAG := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 # pipeline reaches it through a subprocess (finetune_phi/promptflow_bridge.py).
 PF_VENV := .venv-promptflow
 PF_STAMP := $(PF_VENV)/.installed
+PF_LOCK := $(if $(LOCK),promptflow_app/requirements.lock,)
+# pip-tools for `make lock`: it resolves with pip itself, so it sees what `pip install` sees
+# (this machine's pip configuration: its index, the CPU torch on disk, the global caps).
+LOCK_VENV := .venv-lock
+LOCK_STAMP := $(LOCK_VENV)/.installed
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet \
+	--generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+	--newline LF $(LOCK_ARGS)
 # Test-only: playwright (from PyPI) driving the system's Chromium for the browser-chat test.
 BROWSER_VENV := .venv-browser
 BROWSER_STAMP := $(BROWSER_VENV)/.installed
 
-.PHONY: install install-browser demo test test-fast lint typecheck check clean-state help
+.PHONY: install lock install-browser demo test test-fast lint typecheck check clean-state help
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
 
 install: $(STAMP) $(PF_STAMP)  ## create .venv (the project) and .venv-promptflow (idempotent)
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+# With a lock: exactly its versions, every file checked against its hash, then the project
+# itself (editable, no dependencies, built with the lock's setuptools); `pip check` fails when
+# pyproject.toml asks for something the lock lacks (run `make lock`). A changed lock reinstalls.
+$(STAMP): pyproject.toml $(CONSTRAINTS) $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version.split()[0]'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+ifneq ($(LOCK),)
+	$(BIN)/python -m pip install --progress-bar off --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@$(BIN)/python -m pip check \
+		|| { echo "make: pip check failed; if pyproject.toml changed, run make lock" >&2; exit 1; }
+else
 	$(BIN)/python -m pip install --progress-bar off $(CONSTRAINT_FLAG) -e '.[dev]'
+endif
 	touch $@
 
-$(PF_STAMP): promptflow_app/requirements.txt
+$(PF_STAMP): promptflow_app/requirements.txt $(PF_LOCK)
 	test -x $(PF_VENV)/bin/python || $(PYTHON) -m venv $(PF_VENV)
 	$(PF_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(PF_VENV)/bin/python -m pip install --progress-bar off -r promptflow_app/requirements.txt
+	$(PF_VENV)/bin/python -m pip install --progress-bar off \
+		$(if $(PF_LOCK),--require-hashes -r $(PF_LOCK),-r promptflow_app/requirements.txt)
+	touch $@
+
+lock: $(LOCK_STAMP)  ## regenerate requirements.lock and promptflow_app/requirements.lock
+	$(PIP_COMPILE) --extra dev --build-deps-for editable -c constraints.txt \
+		-o requirements.lock pyproject.toml
+	$(PIP_COMPILE) -o promptflow_app/requirements.lock promptflow_app/requirements.txt
+
+$(LOCK_STAMP):
+	test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet --progress-bar off 'pip-tools>=7.5,<8'
 	touch $@
 
 # Chromium comes from the system's packages (apt, when run as root); without it the browser
