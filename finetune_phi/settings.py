@@ -116,14 +116,26 @@ class AzureBackendSettings(StrictModel):
         default="environments/inference.conda.yml",
         description="Conda spec of the inference environment (relative to the repository).",
     )
-    request_timeout_ms: int = Field(
-        default=90000, ge=1000, le=180000, description="Scoring request timeout of deployments."
+    # The next three: None derives them from the model's size and inference_sku (the serving
+    # plan, finetune_phi/serving_plan.py); a number here wins.
+    request_timeout_ms: int | None = Field(
+        default=None,
+        ge=1000,
+        le=180000,
+        description="Scoring request timeout of deployments; null: the longest answer the "
+        "contract allows at the SKU's speed, capped at Azure's 180000.",
     )
-    max_concurrent_requests_per_instance: int = Field(
-        default=2, ge=1, description="Requests one deployment instance serves at once."
+    max_concurrent_requests_per_instance: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests one deployment instance serves at once; null: 1 on a CPU SKU "
+        "(one generation at a time), 4 on a GPU SKU.",
     )
-    probe_initial_delay_seconds: int = Field(
-        default=600, ge=1, description="Time a deployment may take to load the model."
+    probe_initial_delay_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Time a deployment may take to load the model before its probes count; "
+        "null: twice the load time the serving plan estimates.",
     )
     job_poll_seconds: float = Field(
         default=30.0, gt=0, description="How often a running job's status and log are read."
@@ -188,8 +200,11 @@ class RolloutSettings(StrictModel):
         default=False,
         description="Keep the previous deployment (at 0%) after success, for instant rollback.",
     )
-    readiness_timeout_seconds: int = Field(
-        default=600, ge=1, description="How long a new deployment may take to become ready."
+    readiness_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="How long a new deployment may take to become ready; null: derived from "
+        "the model's size and the serving SKU (the serving plan).",
     )
 
     @field_validator("traffic_steps")
@@ -241,6 +256,34 @@ class SmokeSettings(StrictModel):
     )
 
 
+class ServingSettings(StrictModel):
+    """How deployments serve the model; what is null is derived from the model's size and the
+    SKU (finetune_phi/serving_plan.py: seconds per token, load time, and the timeouts)."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="Weights' dtype when serving: auto is bfloat16 on a GPU that has it, "
+        "float16 on other GPUs, float32 on a CPU (half precision is emulated there, ~50x slower).",
+    )
+    seconds_per_token: float | None = Field(
+        default=None,
+        gt=0,
+        description="Measured decode time per generated token; null: weights' bytes / the "
+        "SKU's memory bandwidth.",
+    )
+    load_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Measured time a deployment takes to load the model; null: estimated.",
+    )
+    model_parameters: int | None = Field(
+        default=None,
+        ge=1,
+        description="The model's size in parameters; null: the registered version's "
+        "model_parameters tag (the trainer records it), else counted from its config.json.",
+    )
+
+
 class Profile(StrictModel):
     """One validated profile: everything a run of the pipeline needs to know."""
 
@@ -263,6 +306,7 @@ class Profile(StrictModel):
     gate: GateSettings = Field(default_factory=GateSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     smoke: SmokeSettings = Field(default_factory=SmokeSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
 
 def profile_path(name_or_path: str) -> Path:

@@ -43,6 +43,7 @@ from azure.ai.ml.entities._job.distribution import PyTorchDistribution
 from finetune_phi.settings import REPO_ROOT, AzureBackendSettings
 from finetune_phi.telemetry import TELEMETRY_OFF
 from finetune_phi.workspace import ComputeSpec, DeploymentSpec, EnvironmentRef, TrainingJobSpec
+from serving.score import DTYPE_ENV
 from trainer.config import RunOptions
 
 DATASTORE = "workspaceblobstore"  # the workspace's default blob datastore
@@ -305,6 +306,12 @@ def build_endpoint(name: str, settings: AzureBackendSettings) -> ManagedOnlineEn
     )
 
 
+# Without a serving plan or profile values: what the project used before the plan existed.
+LEGACY_REQUEST_TIMEOUT_MS = 90_000
+LEGACY_MAX_CONCURRENT = 2
+LEGACY_PROBE_INITIAL_DELAY = 600
+
+
 def build_deployment(
     spec: DeploymentSpec,
     *,
@@ -314,11 +321,22 @@ def build_deployment(
 ) -> ManagedOnlineDeployment:
     """A deployment running serving/score.py on the inference environment.
 
-    `DeploymentSpec.instance_type` "local" (its default) means "the profile's choice". Probes
-    give the model `probe_initial_delay_seconds` to load; the request timeout covers
-    generating up to the contract's 512 new tokens on a CPU SKU.
+    `DeploymentSpec.instance_type` "local" (its default) means "the profile's choice". The
+    spec's serving plan (finetune_phi/serving_plan.py, from the model's size and the SKU) sets
+    the dtype, the request timeout, the concurrency and how long probes wait for the model to
+    load; the profile's numbers win where it sets them. Without a plan (a spec built by
+    hand): the profile's numbers, else the LEGACY_* values.
     """
     use_profile = spec.instance_type == "local"
+    serving = spec.serving
+    dtype = {DTYPE_ENV: serving.dtype} if serving else {}
+    request_ms = serving.request_timeout_ms if serving else settings.request_timeout_ms
+    concurrent = (
+        serving.max_concurrent_requests_per_instance
+        if serving
+        else settings.max_concurrent_requests_per_instance
+    )
+    delay = serving.probe_initial_delay_seconds if serving else settings.probe_initial_delay_seconds
     return ManagedOnlineDeployment(
         name=spec.name,
         endpoint_name=spec.endpoint,
@@ -330,20 +348,20 @@ def build_deployment(
         instance_type=settings.inference_sku if use_profile else spec.instance_type,
         instance_count=settings.inference_instance_count if use_profile else spec.instance_count,
         # The serving code snapshot is serving/ alone: the variables are how it gets them.
-        environment_variables={**TELEMETRY_OFF, **spec.environment_variables},
+        environment_variables={**TELEMETRY_OFF, **dtype, **spec.environment_variables},
         request_settings=OnlineRequestSettings(
-            request_timeout_ms=settings.request_timeout_ms,
-            max_concurrent_requests_per_instance=settings.max_concurrent_requests_per_instance,
+            request_timeout_ms=request_ms or LEGACY_REQUEST_TIMEOUT_MS,
+            max_concurrent_requests_per_instance=concurrent or LEGACY_MAX_CONCURRENT,
             max_queue_wait_ms=60000,
         ),
         liveness_probe=ProbeSettings(
-            initial_delay=settings.probe_initial_delay_seconds,
+            initial_delay=delay or LEGACY_PROBE_INITIAL_DELAY,
             period=30,
             timeout=10,
             failure_threshold=30,
         ),
         readiness_probe=ProbeSettings(
-            initial_delay=settings.probe_initial_delay_seconds,
+            initial_delay=delay or LEGACY_PROBE_INITIAL_DELAY,
             period=10,
             timeout=10,
             failure_threshold=30,
