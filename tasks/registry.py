@@ -7,6 +7,7 @@ from prefect import get_run_logger, runtime, task
 from backends import open_workspace
 from finetune_phi.lineage import git_commit
 from finetune_phi.results import PreparedDataset, Registration, TrainingResult
+from finetune_phi.rollout import PARAMETERS_TAG
 from finetune_phi.run_plan import input_tags
 from finetune_phi.settings import REPO_ROOT, Profile
 from tasks.retry import retry_if_transient
@@ -32,6 +33,7 @@ def lineage_tags(
         "mlflow_run_id": str(metrics.get("mlflow_run_id") or ""),
         "flow_run_id": flow_run_id,
         "git_commit": git_commit(REPO_ROOT),
+        PARAMETERS_TAG: str(metrics.get("model_parameters") or ""),
     }
 
 

@@ -621,6 +621,8 @@ def main(job: JobArguments, run: RunOptions, hp: Hyperparameters) -> dict[str, A
         train_tokens = progress.num_tokens - progress.tokens_at_start
         metrics = {
             "base_model": job.base_model,
+            # the served model's size: the serving plan sizes its timeouts by it
+            "model_parameters": sum(p.numel() for p in final_model.parameters()),
             "config_hash": config_hash,
             "hyperparameters": asdict(hp),
             "device": plan.device,

@@ -704,6 +704,11 @@ class FakeAzureML:
                 # run context, which would turn the job's prints into the flow's logs).
                 with contextlib.redirect_stdout(printed):
                     contextvars.Context().run(self.job_runner, shlex.split(command))
+            except SystemExit as exc:  # the node's process exits: what Python prints, its status
+                if exc.code not in (None, 0):
+                    failure = [
+                        f"{exc.code}\n" if isinstance(exc.code, str) else f"exit {exc.code}\n"
+                    ]
             except Exception as exc:
                 failure = traceback.format_exception(exc)
             for line in printed.getvalue().splitlines() + "".join(failure).splitlines():

@@ -70,11 +70,11 @@ def reply_of(question: str, body: Any) -> str:
 
 def smoke_over_invoke(
     workspace: AzureWorkspace, calls: list[SmokeCall]
-) -> Callable[[Profile, str, str], Callable[[str | None], SmokeResult]]:
+) -> Callable[..., Callable[[str | None], SmokeResult]]:
     """`tasks.rollout.smoke_check` with the Prompt flow's transport replaced by `invoke`."""
 
     def smoke_check(
-        profile: Profile, scoring_uri: str, key: str
+        profile: Profile, scoring_uri: str, key: str, *, timeout: float = 300
     ) -> Callable[[str | None], SmokeResult]:
         probes = smoke_probes(profile)
         endpoint = profile.endpoint.name
@@ -160,8 +160,12 @@ def azure_flow(
     tiny_model_dir: Path,
     small_conversations: list[dict[str, Any]],
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> AzureFlow:
     import tasks.rollout
+
+    # backend.allow_cpu_training; a test parametrizes the fixture (indirect) to turn it off
+    allow_cpu: bool = getattr(request, "param", True)
 
     for name in list(os.environ):  # load_profile reads FINETUNE_PHI__*; none may leak in
         if name.startswith("FINETUNE_PHI"):
@@ -179,9 +183,14 @@ def azure_flow(
         data={"source": {"kind": "file", "path": str(records)}},
         endpoint={"name": ENDPOINT},
         gate={"max_eval_conversations": 16},
+        # The fake's compute node is this CPU machine: without this, the job's trainer gets
+        # --require_gpu and stops (test_a_cpu_node_fails_the_job_in_seconds).
+        backend={"allow_cpu_training": allow_cpu},
     )
     flow = AzureFlow(azure_fake, str(profile))
-    flow.workspace = make_azure_workspace(azure_fake, tmp_path, sleep=flow.wait)
+    flow.workspace = make_azure_workspace(
+        azure_fake, tmp_path, sleep=flow.wait, allow_cpu_training=allow_cpu
+    )
     patched = use_workspace_in_tasks(monkeypatch, flow.workspace)
     assert set(patched) >= {
         "tasks.gate",
@@ -293,6 +302,24 @@ def test_a_failed_job_fails_the_flow_with_its_studio_url_and_log(
     assert azure_flow.workspace.registry.list_model_versions(MODEL) == []
     assert fake.count("PUT", r"/models/") == 0
     assert fake.count("PUT", r"/onlineEndpoints/") == 0
+
+
+@pytest.mark.parametrize("azure_flow", [False], indirect=True, ids=["cpu-not-allowed"])
+def test_a_cpu_node_fails_the_job_in_seconds(prefect_harness: None, azure_flow: AzureFlow) -> None:
+    """The precision guard (#13 E): a profile that does not allow CPU training runs its trainer
+    with --require_gpu; on a node without a usable GPU (the fake's node is this CPU machine)
+    the job fails before any model is loaded, and the flow's error ends with what the trainer
+    found and what to do."""
+    with pytest.raises(TrainingJobFailed) as failed:
+        azure_flow.run()
+    (job,) = azure_flow.fake.jobs.values()
+    assert job.status == "Failed"
+    message = str(failed.value)
+    assert "--require_gpu: no usable CUDA GPU" in message
+    assert "found: torch.cuda.is_available() False" in message
+    assert "backend.training_sku" in message and "backend.allow_cpu_training: true" in message
+    assert not any(line.startswith("fine-tuning ") for line in job.log)  # never got to loading
+    assert azure_flow.workspace.registry.list_model_versions(MODEL) == []
 
 
 def test_a_retried_submission_reattaches_to_the_one_job(
