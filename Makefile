@@ -103,9 +103,10 @@ test: install install-browser  ## run the test suite (what CI runs)
 test-fast: install  ## the suite without the slow tier
 	@$(call RUN_PYTEST,-m 'not slow' $(PYTEST_ARGS))
 
-lint: install  ## ruff
+lint: install  ## ruff, and the import floors (import-linter, pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: install  ## mypy (configured in pyproject.toml)
 	$(BIN)/mypy
