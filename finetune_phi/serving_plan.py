@@ -124,13 +124,20 @@ class ServingPlan:
 
     def describe(self) -> str:
         return (
-            f"{self.parameters / 1e9:.2f}B parameters in {self.dtype} ({self.weights_gb:.1f} GB) "
+            f"{_count(self.parameters)} parameters in {self.dtype} ({self.weights_gb:.1f} GB) "
             f"on {self.sku}: ~{self.seconds_per_token:.2f} s/token, loads in "
             f"~{self.load_seconds:.0f} s; request timeout {self.request_timeout_ms / 1000:.0f} s "
             f"(answers up to ~{self.longest_answer_tokens} tokens), ready within "
             f"{self.readiness_timeout_seconds} s, {self.max_concurrent_requests_per_instance} "
             "concurrent request(s) per instance"
         )
+
+
+def _count(parameters: int) -> str:
+    """3.82B, 1.2M: readable at both the tiny model's size and the real one's."""
+    if parameters >= 1e9:
+        return f"{parameters / 1e9:.2f}B"
+    return f"{parameters / 1e6:.1f}M"
 
 
 def sku_named(name: str, overrides: ServingOverrides | None = None) -> Sku:
