@@ -96,8 +96,8 @@ def first_problems(problems_file: Path, shown: int = SHOWN_PROBLEMS) -> list[str
 
 
 def run_data_command(args: argparse.Namespace, profile: Profile) -> int:
-    from cli.run import describe_source
     from finetune_phi.chat_data import chat_token_counter, estimate_tokens, prepare_into_store
+    from finetune_phi.run_plan import describe_source
 
     base = ensure_base_model(profile)
     counter = chat_token_counter(base)

@@ -28,7 +28,6 @@ from finetune_phi.lineage import training_job_name
 from finetune_phi.run_plan import (
     DatasetFacts,
     Observed,
-    describe_source,
     observe,
     plan_run,
     resolve_base_model,
@@ -45,8 +44,6 @@ from finetune_phi.state import StateLayout
 if TYPE_CHECKING:
     from finetune_phi.chat_data import DatasetManifest
     from finetune_phi.results import PipelineResult
-
-__all__ = ["describe_source", "dry_run", "run_pipeline"]  # describe_source: cli.data uses it
 
 
 EXAMPLES = """\
