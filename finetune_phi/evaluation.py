@@ -1,28 +1,44 @@
-"""Evaluate a model on the held-out split, and the champion/challenger quality gate.
+"""The champion/challenger quality gate: what it measures, where, and how it decides.
 
-    evaluate_model(model_dir, test_file, probes) -> Evaluation     (loads and runs a model)
-    gate_decision(candidate, champion, settings) -> GateDecision    (pure)
+    evaluation_spec(profile, dataset_sha256, test_file) -> EvaluationSpec   (pure: what to measure)
+    evaluation_job_spec(model, location, spec, ...) -> EvaluationJobSpec   (pure: the job)
+    evaluation_from_output(output, label, probes) -> Evaluation            (pure: judged numbers)
+    gate_decision(candidate, champion, settings) -> GateDecision           (pure)
 
-Both models are measured here, the same way, on the same test file: the token-weighted mean
-cross-entropy over every token of each templated conversation (what the trainer's eval loss
-measures for chat data), its perplexity, and, when the data has them, greedy answers to the
-fact questions checked for their keywords. Numbers recorded at training time are not reused:
-the champion was evaluated on the data of its day.
+The measuring itself (`serving.evaluate`: load the MLflow model as a deployment would, score
+the held-out conversations, answer the fact questions greedily) runs in jobs, on the training
+compute, never in the flow's process: the candidate in its training job, as a second step
+after the trainer, and a registered model (the champion) in an evaluation job whose name is a
+function of the version and of `EvaluationSpec.key`, so each version is measured once per
+dataset and settings and found again afterwards. Both are measured the same way, on the same
+test file: the token-weighted mean cross-entropy over every token of each templated
+conversation (what the trainer's eval loss measures for chat data), its perplexity, and, when
+the data has them, greedy answers to the fact questions, judged here by their keywords.
+Numbers recorded at training time are not reused for the champion: it was evaluated on the
+data of its day.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
-import time
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
-from finetune_phi.chat_data.synthetic import FactProbe, answer_matches
-from finetune_phi.settings import GateSettings
+from finetune_phi.chat_data.synthetic import FactProbe, answer_matches, fact_probes
+from finetune_phi.settings import GateSettings, Profile
+from finetune_phi.workspace import (
+    EnvironmentRef,
+    EvaluationJobSpec,
+    EvaluationSpec,
+    ModelVersion,
+)
 
-EVAL_BATCH_SIZE = 16
+# Bump when what `serving.evaluate` measures changes: earlier evaluations are then not reused.
+EVALUATION_FORMAT = 1
+EVALUATION_EXPERIMENT = "finetune-phi-evaluation"
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,7 @@ class Evaluation:
     tokens: int
     facts: tuple[FactAnswer, ...] = ()
     seconds: float = 0.0
+    job: str = ""  # the job that measured it
 
     @property
     def fact_accuracy(self) -> float | None:
@@ -58,79 +75,91 @@ class GateDecision:
     details: dict[str, float | None] = field(default_factory=dict)
 
 
-def read_conversations(test_file: str | Path, limit: int) -> list[list[dict[str, str]]]:
-    rows = []
-    with Path(test_file).open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                rows.append(json.loads(line)["messages"])
-            if len(rows) >= limit:
-                break
-    return rows
+def gate_probes(profile: Profile) -> list[FactProbe]:
+    """Fact questions exist only in the project's synthetic data; other data: loss only."""
+    return fact_probes() if profile.data.source.kind == "synthetic" else []
 
 
-def evaluate_model(
-    model_dir: str | Path,
-    test_file: str | Path,
-    probes: Sequence[FactProbe],
+def evaluation_key(dataset_sha256: str, max_conversations: int, questions: Sequence[str]) -> str:
+    """Names what is asked of a model: the same data, settings and questions, the same key."""
+    asked = json.dumps(
+        [EVALUATION_FORMAT, dataset_sha256, max_conversations, list(questions)],
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(asked.encode()).hexdigest()[:16]
+
+
+def evaluation_spec(profile: Profile, dataset_sha256: str, test_file: str) -> EvaluationSpec:
+    """What the gate measures every model on for this dataset and profile (pure)."""
+    questions = tuple(p.question for p in gate_probes(profile))
+    limit = profile.gate.max_eval_conversations
+    return EvaluationSpec(
+        test_file=test_file,
+        dataset_sha256=dataset_sha256,
+        max_conversations=limit,
+        key=evaluation_key(dataset_sha256, limit, questions),
+        questions=questions,
+    )
+
+
+def evaluation_job_name(model: ModelVersion, spec: EvaluationSpec) -> str:
+    """`eval-<model>-v<version>-<key>`: Azure's job-name characters only."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", model.name).strip("-").lower()
+    version = re.sub(r"[^A-Za-z0-9_-]+", "-", model.version)
+    return f"eval-{name}-v{version}-{spec.key}"
+
+
+def evaluation_job_spec(
+    model: ModelVersion,
+    location: str,
+    spec: EvaluationSpec,
     *,
-    label: str | None = None,
-    max_conversations: int = 240,
+    environment: EnvironmentRef | None = None,
+    compute: str | None = None,
+) -> EvaluationJobSpec:
+    return EvaluationJobSpec(
+        name=evaluation_job_name(model, spec),
+        experiment=EVALUATION_EXPERIMENT,
+        model=model,
+        model_location=location,
+        evaluation=spec,
+        environment=environment,
+        compute=compute,
+        tags={
+            "model": f"{model.name}:{model.version}",
+            "dataset_sha256": spec.dataset_sha256,
+            "evaluation_key": spec.key,
+        },
+    )
+
+
+def answers(output: Mapping[str, Any] | None, spec: EvaluationSpec) -> bool:
+    """Whether a job's evaluation.json measured what `spec` asks (the same key)."""
+    return output is not None and output.get("key") == spec.key
+
+
+def evaluation_from_output(
+    output: Mapping[str, Any], label: str, probes: Sequence[FactProbe], *, job: str = ""
 ) -> Evaluation:
-    """Load the MLflow model under `model_dir` (as a deployment would) and measure it."""
-    import torch
-
-    from serving.contract import GenerationParams
-    from serving.score import Scorer
-
-    started = time.monotonic()
-    scorer = Scorer.load(model_dir)
-    model, tokenizer = scorer.model, scorer.tokenizer
-    conversations = read_conversations(test_file, max_conversations)
-    # Right padding for scoring: with left padding, positions shift by the pad count.
-    tokenizer.padding_side = "right"
-    total_loss, total_tokens = 0.0, 0
-    device = next(model.parameters()).device
-    for start in range(0, len(conversations), EVAL_BATCH_SIZE):
-        texts = [
-            tokenizer.apply_chat_template(c, tokenize=False)
-            for c in conversations[start : start + EVAL_BATCH_SIZE]
-        ]
-        batch = tokenizer(
-            texts,
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
-            truncation=True,
-            max_length=model.config.max_position_embeddings,
-        ).to(device)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        with torch.inference_mode():
-            logits = model(**batch).logits[:, :-1].float()
-        targets = labels[:, 1:]
-        losses = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]),
-            targets.reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        )
-        total_loss += float(losses)
-        total_tokens += int((targets != -100).sum())
-    eval_loss = total_loss / max(total_tokens, 1)
-    greedy = GenerationParams(max_new_tokens=48, do_sample=False)
+    """The judged evaluation from a job's evaluation.json: each answer is checked against
+    its question's keywords (answers to questions the probes do not know are ignored)."""
+    by_question = {p.question: p for p in probes}
     facts = tuple(
-        FactAnswer(p.question, answer, answer_matches(p, answer))
-        for p in probes
-        for answer in [scorer.reply([{"role": "user", "content": p.question}], greedy)]
+        FactAnswer(
+            a["question"], a["answer"], answer_matches(by_question[a["question"]], a["answer"])
+        )
+        for a in output.get("answers", [])
+        if a["question"] in by_question
     )
     return Evaluation(
-        model=label or str(model_dir),
-        eval_loss=eval_loss,
-        perplexity=math.exp(min(eval_loss, 50.0)),
-        conversations=len(conversations),
-        tokens=total_tokens,
+        model=label,
+        eval_loss=float(output["eval_loss"]),
+        perplexity=float(output["perplexity"]),
+        conversations=int(output["conversations"]),
+        tokens=int(output["tokens"]),
         facts=facts,
-        seconds=time.monotonic() - started,
+        seconds=float(output.get("seconds", 0.0)),
+        job=job,
     )
 
 

@@ -39,6 +39,8 @@ class TrainingResult:
     job_dir: str  # where to look: the job folder locally, the studio URL on Azure
     model_dir: str  # the MLflow model the job wrote
     metrics: dict[str, Any]
+    # the gate's measurement of the model, made by the job's second step (evaluation.json)
+    evaluation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from finetune_phi.evaluation import evaluation_spec
 from finetune_phi.lineage import training_job_name
 from finetune_phi.rollout import RolloutPlan, RolloutPlanError, plan_rollout
 from finetune_phi.settings import TINY_MODEL, Profile
@@ -137,6 +138,8 @@ def training_job_spec(
         display_name=f"fine-tune {profile.model.base} on {dataset_sha256[:12]}",
         environment=environment,
         compute=compute.name if compute is not None else None,
+        # The gate's measurement of the trained model, on the training compute (a second step).
+        evaluation=evaluation_spec(profile, dataset_sha256, eval_file),
     )
 
 

@@ -175,7 +175,34 @@ class ComputeRef:
     state: str  # Azure's provisioning state, e.g. "Succeeded"; "Local" for this machine
 
 
+# --------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: str
+    source: str  # where the registry keeps the files (artifact URI / azureml path)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+
 # --------------------------------------------------------------------------- training jobs
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    """What the quality gate measures a model on, in a job on the training compute
+    (`serving.evaluate`): the first `max_conversations` of the held-out file and, when the
+    data has them, greedy answers to `questions`. `key` names the question asked (the
+    dataset's sha256, the settings, the questions): a model's evaluation with the same key is
+    reused, never measured twice (`finetune_phi.evaluation.evaluation_spec` computes it)."""
+
+    test_file: str
+    dataset_sha256: str
+    max_conversations: int
+    key: str
+    questions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -199,6 +226,27 @@ class TrainingJobSpec:
     compute: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     display_name: str | None = None
+    # The gate's evaluation of the trained model, as the job's second step on the same
+    # compute (None: the job only trains; the gate then runs an evaluation job).
+    evaluation: EvaluationSpec | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationJobSpec:
+    """A job that measures a registered model version (`model`) as `evaluation` says, on the
+    training compute. `name` is a function of the version and the evaluation's key
+    (`finetune_phi.evaluation.evaluation_job_name`), so a champion measured once on a dataset
+    is found again, not measured again. `model_location` is where the job reads the version's
+    files (`ModelRegistry.model_location`): nothing is downloaded to the caller."""
+
+    name: str
+    experiment: str
+    model: ModelVersion
+    model_location: str
+    evaluation: EvaluationSpec
+    environment: EnvironmentRef | None = None
+    compute: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -211,18 +259,9 @@ class JobRecord:
     metrics: Mapping[str, Any] = field(default_factory=dict)  # the trainer's metrics.json
     studio_url: str | None = None  # Azure ML studio link; the job folder locally
     error: str | None = None  # why it failed, when it did
-
-
-# --------------------------------------------------------------------------- models
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    name: str
-    version: str
-    source: str  # where the registry keeps the files (artifact URI / azureml path)
-    tags: Mapping[str, str] = field(default_factory=dict)
-    aliases: tuple[str, ...] = ()
+    # The job's evaluation.json (`serving.evaluate`), once written: a training job's second
+    # step, or an evaluation job's result. None when there is none.
+    evaluation: Mapping[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -298,6 +337,11 @@ class TrainingJobs(Protocol):
         """Start the job, or return the existing one of the same name (running or finished)."""
         ...
 
+    def submit_evaluation_job(self, spec: EvaluationJobSpec) -> JobRecord:
+        """Start a job measuring a registered model (on the training compute), or return the
+        existing one of the same name; its record carries `evaluation` once completed."""
+        ...
+
     def get_job(self, name: str) -> JobRecord: ...
     def stream_job_logs(self, name: str, *, follow: bool = True) -> Iterator[str]: ...
     def cancel_job(self, name: str) -> JobRecord: ...
@@ -319,6 +363,11 @@ class ModelRegistry(Protocol):
     def list_model_versions(self, name: str) -> list[ModelVersion]: ...
     def set_model_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
         """Add or overwrite tags of one version (the gate records its decision this way)."""
+        ...
+
+    def model_location(self, name: str, version: str) -> str:
+        """Where a job of this backend reads the version's files as its input, without
+        copying them anywhere: the registry's folder locally, the model asset on Azure."""
         ...
 
     def download_model(self, name: str, version: str, destination: Path) -> Path:

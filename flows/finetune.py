@@ -119,7 +119,7 @@ def finetune_pipeline(
     compute = ensure_compute(settings)
     trained = train_model(settings, plan.job, environment, compute)
     registration = register_model(settings, dataset, trained)
-    decision = quality_gate(settings, dataset, registration.model)
+    decision = quality_gate(settings, dataset, registration.model, trained, environment, compute)
     if not decision.promote:
         traffic = endpoint_traffic(settings)  # untouched: the champion keeps serving
         result = PipelineResult(

@@ -24,10 +24,8 @@ from finetune_phi.workspace import (
     JobStatus,
     TrainingJobSpec,
 )
+from tasks.jobs import follow_job
 from tasks.retry import retry_if_transient
-
-# Lines of the trainer's output worth showing in the Prefect UI; the job log has everything.
-SHOWN_PREFIXES = ("step ", "eval loss", "fine-tuning", "resuming", "done", "Traceback", "Error")
 
 
 class TrainingJobFailed(FinetunePhiError, RuntimeError):
@@ -37,7 +35,13 @@ class TrainingJobFailed(FinetunePhiError, RuntimeError):
 def result_of(job: JobRecord) -> TrainingResult:
     if job.status is not JobStatus.COMPLETED or job.model_uri is None:
         raise TrainingJobFailed(f"training job {job.name} ended {job.status}: {job.error}")
-    return TrainingResult(job.name, job.studio_url or "", job.model_uri, dict(job.metrics))
+    return TrainingResult(
+        job.name,
+        job.studio_url or "",
+        job.model_uri,
+        dict(job.metrics),
+        dict(job.evaluation) if job.evaluation is not None else None,
+    )
 
 
 # Retried only for transient errors (submitting, polling): a retry re-attaches to the job of
@@ -65,18 +69,4 @@ def train_model(
     )
     job = jobs.submit_job(spec)
     logger.info("training job %s: %s (%s)", job.name, job.status, job.studio_url)
-    if not job.status.is_terminal:
-        try:
-            for line in jobs.stream_job_logs(job.name, follow=True):
-                if line.startswith(SHOWN_PREFIXES):
-                    logger.info("%s", line)
-        except Exception:
-            raise  # e.g. a dropped connection while following: the retry re-attaches
-        except BaseException:
-            # The flow run was cancelled or the worker told to stop: the job goes with it.
-            # (A crash of the worker itself leaves the job running for the next run.)
-            logger.warning("cancelling training job %s", job.name)
-            jobs.cancel_job(job.name)
-            raise
-        job = jobs.get_job(job.name)
-    return result_of(job)
+    return result_of(follow_job(jobs, job, logger))

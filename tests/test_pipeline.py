@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from model_guard import forbid_model_loading
 from prefect.logging import disable_run_logger
 from profiles import small_profile_file
 
@@ -54,13 +55,20 @@ def test_dataset_stage_is_content_addressed(tmp_path: Path, tiny_model_dir: Path
 
 
 def test_flow_promotes_then_is_up_to_date_then_rejects_a_worse_candidate(
-    prefect_harness: None, endpoint_cleanup: None, tmp_path: Path, tiny_model_dir: Path
+    prefect_harness: None,
+    endpoint_cleanup: None,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from flows.finetune import finetune_pipeline
 
     profile_file = str(small_profile_file(tmp_path, tiny_model_dir, smoke={"enabled": False}))
     layout = StateLayout(tmp_path / "state")
     workspace = LocalWorkspace(layout.root)
+    # The flow's process reads numbers: training, the gate's measurements and serving load
+    # models in processes of their own (jobs, deployments); here any load fails the run.
+    model_loads = forbid_model_loading(monkeypatch)
 
     # 1. Fresh state: trained, registered, no champion -> promoted and serving.
     first = finetune_pipeline(profile=profile_file)
@@ -107,6 +115,21 @@ def test_flow_promotes_then_is_up_to_date_then_rejects_a_worse_candidate(
     assert workspace.registry.get_model_by_alias(model.name, CHAMPION).version == model.version
     assert workspace.endpoints.get_traffic("phi3-chat-local").traffic == {"blue": 100}
     assert [d.name for d in workspace.endpoints.list_deployments("phi3-chat-local")] == ["blue"]
+    # The candidate was measured by its training job, the champion by an evaluation job.
+    assert worse.gate.candidate.job == worse.training.job_name
+    champion_job = worse.gate.champion.job
+    assert champion_job.startswith(f"eval-{model.name}-v{model.version}-")
+    assert (layout.job_dir(champion_job) / "output" / "evaluation.json").is_file()
+
+    # 4. Another candidate on the same data: the champion's numbers are reused, not measured
+    # again (no new evaluation job, no second attempt of the first).
+    other = finetune_pipeline(profile=profile_file, training={"learning_rate": 2e-7})
+    assert other.status == "not promoted" and other.gate.champion.job == champion_job
+    assert other.gate.champion == worse.gate.champion
+    evaluation_jobs = [p.name for p in layout.jobs_dir.iterdir() if p.name.startswith("eval-")]
+    assert evaluation_jobs == [champion_job]
+    assert (layout.job_dir(champion_job) / "train.log").read_text().count("--- attempt") == 1
+    assert model_loads == []
 
     # The report says what happened, in each of the three endings.
     from finetune_phi.report import report_markdown, report_rows, summary_lines

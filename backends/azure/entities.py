@@ -16,6 +16,7 @@ Naming and paths (decisions the rest of the backend relies on):
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 import shutil
 import tempfile
@@ -42,12 +43,22 @@ from azure.ai.ml.entities._job.distribution import PyTorchDistribution
 
 from finetune_phi.settings import REPO_ROOT, AzureBackendSettings
 from finetune_phi.telemetry import TELEMETRY_OFF
-from finetune_phi.workspace import ComputeSpec, DeploymentSpec, EnvironmentRef, TrainingJobSpec
+from finetune_phi.workspace import (
+    ComputeSpec,
+    DeploymentSpec,
+    EnvironmentRef,
+    EvaluationJobSpec,
+    EvaluationSpec,
+    TrainingJobSpec,
+)
+from serving.evaluate import EVALUATION_FILE as EVALUATION_FILE
 from serving.score import DTYPE_ENV
 from trainer.config import RunOptions
 
 DATASTORE = "workspaceblobstore"  # the workspace's default blob datastore
 MODEL_OUTPUT = "model"  # the job output holding mlflow_model/, metrics.json, checkpoints/
+EVALUATION_OUTPUT = "evaluation"  # an evaluation job's output, holding evaluation.json
+JOB_KIND_TAG = "job_kind"  # "evaluation" on evaluation jobs (training jobs: absent)
 MLFLOW_MODEL_DIR = "mlflow_model"  # trainer.fine_tune.MLFLOW_MODEL_DIR
 METRICS_FILE = "metrics.json"  # trainer.fine_tune.METRICS_FILE
 JOB_NAME_TAG = "job_name"  # the logical job name, on every attempt and registered version
@@ -55,6 +66,8 @@ ATTEMPT_TAG = "attempt"
 OUTPUT_ROOT = "finetune-phi/jobs"
 TRAINER_PACKAGE = "trainer"
 SERVING_PACKAGE = "serving"
+# A training job's code: the trainer, then serving.evaluate measuring what it trained.
+TRAINING_JOB_PACKAGES = (TRAINER_PACKAGE, SERVING_PACKAGE)
 SCORING_SCRIPT = "score.py"
 MAX_ATTEMPTS = 20
 
@@ -166,13 +179,13 @@ def attempt_name(name: str, attempt: int) -> str:
     return name if attempt == 1 else f"{name}-r{attempt}"
 
 
-def output_folder(name: str) -> str:
+def output_folder(name: str, output: str = MODEL_OUTPUT) -> str:
     """The datastore folder (relative) every attempt of logical job `name` writes to."""
-    return f"{OUTPUT_ROOT}/{name}/{MODEL_OUTPUT}"
+    return f"{OUTPUT_ROOT}/{name}/{output}"
 
 
-def output_uri(name: str, datastore: str = DATASTORE) -> str:
-    return f"azureml://datastores/{datastore}/paths/{output_folder(name)}/"
+def output_uri(name: str, datastore: str = DATASTORE, output: str = MODEL_OUTPUT) -> str:
+    return f"azureml://datastores/{datastore}/paths/{output_folder(name, output)}/"
 
 
 def model_uri(job_name: str) -> str:
@@ -214,6 +227,54 @@ def trainer_arguments(spec: TrainingJobSpec) -> list[str]:
     return args
 
 
+def evaluation_arguments(spec: EvaluationSpec, model_dir: str, output_dir: str) -> list[str]:
+    """`serving.evaluate`'s command line (rank 0 measures; the questions are an input)."""
+    args = [
+        "python",
+        "-m",
+        "serving.evaluate",
+        "--model_dir",
+        model_dir,
+        "--test_file",
+        "${{inputs.eval_file}}",
+        "--output_dir",
+        output_dir,
+        "--max_conversations",
+        str(spec.max_conversations),
+        "--key",
+        spec.key,
+    ]
+    if spec.questions:
+        args += ["--questions_file", "${{inputs.questions_file}}"]
+    return args
+
+
+def stage_questions(questions: Iterable[str], *, staging_root: Path | None = None) -> Path:
+    """The gate's questions as a JSON file the SDK uploads (a job input), at a path named by
+    its content (an unchanged list is the same upload)."""
+    text = json.dumps(list(questions), indent=1) + "\n"
+    root = staging_root or Path(tempfile.gettempdir()) / "finetune-phi-azure-code"
+    path = root / "questions" / f"{content_hash(text)}.json"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".partial").write_text(text)
+        path.with_suffix(".partial").replace(path)
+    return path
+
+
+def _command_line(*steps: list[str]) -> str:
+    """Steps run one after another on the node; the first failure fails the job."""
+    return " && ".join(" ".join(_quote(arg) for arg in step) for step in steps)
+
+
+def _questions_input(spec: EvaluationSpec, questions_file: Path | None) -> dict[str, Input]:
+    if not spec.questions:
+        return {}
+    if questions_file is None:
+        raise ValueError("the evaluation has questions: stage them first (stage_questions)")
+    return {"questions_file": Input(type=AssetTypes.URI_FILE, path=str(questions_file))}
+
+
 def job_run_options(run_options: RunOptions, settings: AzureBackendSettings) -> RunOptions:
     """The run options an Azure job gets: the profile's, with the trainer's `require_gpu` on
     unless `backend.allow_cpu_training` lets a node without a usable GPU train on its CPU (in
@@ -236,12 +297,26 @@ def build_job(
     compute: str,
     code: Path,
     settings: AzureBackendSettings,
+    questions_file: Path | None = None,
 ) -> Any:
     """The command job of one attempt of `spec`: a `command()` builder, the form
     `jobs.create_or_update` takes (it refuses a bare CommandJob) and `load_job` returns.
     The trainer gets `--require_gpu True` unless the profile allows CPU training
-    (`job_run_options`)."""
+    (`job_run_options`). With `spec.evaluation`, `serving.evaluate` measures the trained model
+    after the trainer, on the same node (`code` holds both packages)."""
     job_spec = replace(spec, run_options=job_run_options(spec.run_options, settings))
+    steps = [trainer_arguments(job_spec)]
+    inputs = {
+        "train_file": Input(type=AssetTypes.URI_FILE, path=spec.train_file),
+        "eval_file": Input(type=AssetTypes.URI_FILE, path=spec.eval_file),
+    }
+    if spec.evaluation is not None:
+        model_dir = f"${{{{outputs.{MODEL_OUTPUT}}}}}/{MLFLOW_MODEL_DIR}"
+        steps.append(
+            evaluation_arguments(spec.evaluation, model_dir, f"${{{{outputs.{MODEL_OUTPUT}}}}}")
+        )
+        # the held-out file is the trainer's eval file (`eval_file`): one input for both steps
+        inputs.update(_questions_input(spec.evaluation, questions_file))
     distribution = (
         PyTorchDistribution(process_count_per_instance=settings.processes_per_node)
         if settings.training_instance_count > 1 or settings.processes_per_node > 1
@@ -252,12 +327,9 @@ def build_job(
         display_name=spec.display_name or spec.name,
         experiment_name=spec.experiment,
         description=f"fine-tune {spec.base_model} (finetune-phi job {spec.name})",
-        command=" ".join(_quote(arg) for arg in trainer_arguments(job_spec)),
+        command=_command_line(*steps),
         code=str(code),
-        inputs={
-            "train_file": Input(type=AssetTypes.URI_FILE, path=spec.train_file),
-            "eval_file": Input(type=AssetTypes.URI_FILE, path=spec.eval_file),
-        },
+        inputs=inputs,
         outputs={
             MODEL_OUTPUT: Output(
                 type=AssetTypes.URI_FOLDER, path=output_uri(spec.name), mode="rw_mount"
@@ -273,6 +345,56 @@ def build_job(
             **TELEMETRY_OFF,  # the trainer sets them itself as well, on import
         },
         tags={**dict(spec.tags), JOB_NAME_TAG: spec.name, ATTEMPT_TAG: str(attempt)},
+    )
+
+
+def build_evaluation_job(
+    spec: EvaluationJobSpec,
+    *,
+    job_name: str,
+    attempt: int,
+    environment: EnvironmentRef,
+    compute: str,
+    code: Path,
+    questions_file: Path | None = None,
+) -> Any:
+    """The command job measuring a registered model (`serving.evaluate`): the model version
+    mounted read-only as an input, the evaluation written to a fixed datastore folder named
+    after the logical job (`output_folder(name, "evaluation")`)."""
+    output = f"${{{{outputs.{EVALUATION_OUTPUT}}}}}"
+    return command(
+        name=job_name,
+        display_name=f"evaluate {spec.model.name}:{spec.model.version}",
+        experiment_name=spec.experiment,
+        description=f"measure {spec.model.name}:{spec.model.version} for the quality gate "
+        f"(finetune-phi job {spec.name})",
+        command=_command_line(evaluation_arguments(spec.evaluation, "${{inputs.model}}", output)),
+        code=str(code),
+        inputs={
+            "model": Input(type=AssetTypes.MLFLOW_MODEL, path=spec.model_location, mode="ro_mount"),
+            "eval_file": Input(type=AssetTypes.URI_FILE, path=spec.evaluation.test_file),
+            **_questions_input(spec.evaluation, questions_file),
+        },
+        outputs={
+            EVALUATION_OUTPUT: Output(
+                type=AssetTypes.URI_FOLDER,
+                path=output_uri(spec.name, output=EVALUATION_OUTPUT),
+                mode="rw_mount",
+            )
+        },
+        environment=f"azureml:{environment.name}:{environment.version}",
+        compute=compute,
+        environment_variables={
+            "PYTHONUNBUFFERED": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            **TELEMETRY_OFF,
+        },
+        tags={
+            **dict(spec.tags),
+            JOB_NAME_TAG: spec.name,
+            ATTEMPT_TAG: str(attempt),
+            JOB_KIND_TAG: "evaluation",
+        },
     )
 
 

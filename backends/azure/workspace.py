@@ -49,6 +49,8 @@ from finetune_phi.workspace import (
     EndpointKeys,
     EnvironmentRef,
     EnvironmentSpec,
+    EvaluationJobSpec,
+    EvaluationSpec,
     JobRecord,
     JobStatus,
     ModelVersion,
@@ -307,11 +309,17 @@ class AzureJobs(_AzurePart):
         status = _job_status(job.status)
         tags = {str(k): str(v) for k, v in (job.tags or {}).items()}
         studio = self._studio_url(job)
-        model_uri = metrics = error = None
+        model_uri = metrics = error = evaluation = None
+        logical = tags.get(entities.JOB_NAME_TAG, job.name)
+        evaluates = tags.get(entities.JOB_KIND_TAG) == "evaluation"
         if status is JobStatus.COMPLETED:
-            model_uri = entities.model_uri(job.name)
+            output = entities.EVALUATION_OUTPUT if evaluates else entities.MODEL_OUTPUT
+            if not evaluates:
+                model_uri = entities.model_uri(job.name)
             if with_details:
-                metrics = self._read_metrics(tags.get(entities.JOB_NAME_TAG, job.name))
+                if not evaluates:
+                    metrics = self._read_output_json(logical, output, entities.METRICS_FILE)
+                evaluation = self._read_output_json(logical, output, entities.EVALUATION_FILE)
         elif status in RETRYABLE_JOB_STATES or status is JobStatus.PAUSED:
             tail = self._log_tail(job.name) if with_details else ""
             error = f"job {job.name} ended {status.value}; see {studio}" + (
@@ -325,13 +333,62 @@ class AzureJobs(_AzurePart):
             metrics=metrics or {},
             studio_url=studio,
             error=error,
+            evaluation=evaluation,
         )
 
     def submit_job(self, spec: TrainingJobSpec) -> JobRecord:
         """Start the job, or re-attach to the attempt that is running or completed."""
+
+        def build(name: str, attempt: int, environment: EnvironmentRef, compute: str) -> Any:
+            return entities.build_job(
+                spec,
+                job_name=name,
+                attempt=attempt,
+                environment=environment,
+                compute=compute,
+                code=self._stage(*entities.TRAINING_JOB_PACKAGES),
+                settings=self.settings,
+                questions_file=self._questions(spec.evaluation),
+            )
+
+        return self._submit(spec.name, spec.environment, spec.compute, build)
+
+    def submit_evaluation_job(self, spec: EvaluationJobSpec) -> JobRecord:
+        """Measure a registered model on the training cluster, or re-attach to the job of
+        the same name (a champion measured on this data before: its evaluation is reused)."""
+
+        def build(name: str, attempt: int, environment: EnvironmentRef, compute: str) -> Any:
+            return entities.build_evaluation_job(
+                spec,
+                job_name=name,
+                attempt=attempt,
+                environment=environment,
+                compute=compute,
+                code=self._stage(entities.SERVING_PACKAGE),
+                questions_file=self._questions(spec.evaluation),
+            )
+
+        return self._submit(spec.name, spec.environment, spec.compute, build)
+
+    def _questions(self, evaluation: EvaluationSpec | None) -> Path | None:
+        if evaluation is None or not evaluation.questions:
+            return None
+        return entities.stage_questions(
+            evaluation.questions, staging_root=self.connection._code_staging_dir
+        )
+
+    def _submit(
+        self,
+        logical_name: str,
+        environment_ref: EnvironmentRef | None,
+        compute_name: str | None,
+        build: Callable[[str, int, EnvironmentRef, str], Any],
+    ) -> JobRecord:
+        """Submit attempt n of a logical job (n: one past the last failed attempt), or
+        re-attach to the attempt that is running or completed."""
         attempt = 1
         while True:
-            name = entities.attempt_name(spec.name, attempt)
+            name = entities.attempt_name(logical_name, attempt)
             existing = self._get_raw_job(name)
             if existing is None:
                 break
@@ -342,20 +399,12 @@ class AzureJobs(_AzurePart):
             attempt += 1
             if attempt > entities.MAX_ATTEMPTS:
                 raise WorkspaceError(
-                    f"job {spec.name}: {entities.MAX_ATTEMPTS} attempts failed; see "
+                    f"job {logical_name}: {entities.MAX_ATTEMPTS} attempts failed; see "
                     f"{self._studio_url(existing)}"
                 )
-        environment = spec.environment or self.ensure_environment()
-        compute = spec.compute or self.ensure_compute().name
-        job = entities.build_job(
-            spec,
-            job_name=name,
-            attempt=attempt,
-            environment=environment,
-            compute=compute,
-            code=self._stage(entities.TRAINER_PACKAGE),
-            settings=self.settings,
-        )
+        environment = environment_ref or self.ensure_environment()
+        compute = compute_name or self.ensure_compute().name
+        job = build(name, attempt, environment, compute)
         try:
             with azure_call(f"submit job {name}"):
                 created = self.ml_client.jobs.create_or_update(job)
@@ -375,15 +424,15 @@ class AzureJobs(_AzurePart):
             raise NotFound(f"no Azure ML job named {name!r}")
         return self._record(job)
 
-    def _read_metrics(self, logical_name: str) -> dict[str, Any]:
+    def _read_output_json(self, logical_name: str, output: str, file: str) -> dict[str, Any] | None:
+        """A JSON file the job wrote to its output folder; None when it is not there."""
         import json
 
         data = self._datastore_blob(
-            entities.DATASTORE,
-            f"{entities.output_folder(logical_name)}/{entities.METRICS_FILE}",
+            entities.DATASTORE, f"{entities.output_folder(logical_name, output)}/{file}"
         )
         if not data:
-            return {}
+            return None
         result: dict[str, Any] = json.loads(data)
         return result
 
@@ -549,6 +598,11 @@ class AzureRegistry(_AzurePart):
         if path.startswith("azureml://datastores/"):
             return path
         raise WorkspaceError(f"model path {path!r} is not in a datastore this backend can read")
+
+    def model_location(self, name: str, version: str) -> str:
+        """The model asset, as a job input names it (the job mounts it; nothing is copied)."""
+        self._raw_model(name, version)  # NotFound for a version that is not there
+        return f"azureml:{name}:{version}"
 
     def download_model(self, name: str, version: str, destination: Path) -> Path:
         """The version's files under `destination/<name>-<version>/` (kept: a second call with

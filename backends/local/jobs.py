@@ -2,7 +2,9 @@
 
 Each job has a folder `state/jobs/<name>/` holding `job.json` (the record), `config.yaml`
 (the trainer's arguments), `train.log`, `exit.json` (written by the launcher when the process
-ends) and `output/` (checkpoints, the MLflow model, metrics.json).
+ends) and `output/` (checkpoints, the MLflow model, metrics.json, and evaluation.json: the
+gate's measurement of the model, the job's second step). An evaluation job (a registered model
+measured by `serving.evaluate`) has the same folder with only `output/evaluation.json`.
 
 Because the record is on disk and the process runs in its own session, a flow that crashed or
 was restarted finds the job again: `submit` of a name that is running or completed returns
@@ -19,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,15 @@ from typing import Any
 import psutil
 import yaml
 
-from backends.local.launcher import EXIT_FILE
+from backends.local.launcher import EXIT_FILE, THEN
 from backends.local.processes import read_cmdline
 from finetune_phi.state import StateLayout
 from finetune_phi.tracking import ensure_experiment
 from finetune_phi.workspace import (
     ComputeRef,
     EnvironmentRef,
+    EvaluationJobSpec,
+    EvaluationSpec,
     JobRecord,
     JobStatus,
     NotFound,
@@ -42,6 +46,9 @@ from finetune_phi.workspace import (
 
 RECORD_FILE = "job.json"
 CONFIG_FILE = "config.yaml"
+QUESTIONS_FILE = "questions.json"
+EVALUATION_FILE = "evaluation.json"  # serving.evaluate.EVALUATION_FILE
+MLFLOW_MODEL_DIR = "mlflow_model"  # trainer.fine_tune.MLFLOW_MODEL_DIR
 LOG_FILE = "train.log"
 OUTPUT_DIR = "output"
 CANCEL_MARKER = "cancel_requested"
@@ -63,7 +70,33 @@ def trainer_config(spec: TrainingJobSpec, output_dir: Path) -> dict[str, Any]:
     }
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+def evaluation_command(
+    python: str, spec: EvaluationSpec, model_dir: Path | str, output_dir: Path, job_dir: Path
+) -> list[str]:
+    """`serving.evaluate`'s command line for `spec` (its questions written beside the job)."""
+    command = [
+        python,
+        "-m",
+        "serving.evaluate",
+        "--model_dir",
+        str(model_dir),
+        "--test_file",
+        spec.test_file,
+        "--output_dir",
+        str(output_dir),
+        "--max_conversations",
+        str(spec.max_conversations),
+        "--key",
+        spec.key,
+    ]
+    if spec.questions:
+        questions = job_dir / QUESTIONS_FILE
+        _write_json(questions, list(spec.questions))
+        command += ["--questions_file", str(questions)]
+    return command
+
+
+def _write_json(path: Path, data: Any) -> None:
     staging = path.with_name(path.name + ".partial")
     staging.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     staging.replace(path)
@@ -113,16 +146,20 @@ class LocalJobs:
         output = job_dir / OUTPUT_DIR
         metrics_file = output / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        evaluation_file = output / EVALUATION_FILE
+        evaluation = json.loads(evaluation_file.read_text()) if evaluation_file.is_file() else None
         status = JobStatus(data["status"])
-        model_dir = output / "mlflow_model"
+        done = status is JobStatus.COMPLETED
+        trains = data.get("kind", "training") == "training"
         return JobRecord(
             name=data["name"],
             status=status,
             tags=dict(data.get("tags", {})),
-            model_uri=str(model_dir) if status is JobStatus.COMPLETED else None,
-            metrics=metrics if status is JobStatus.COMPLETED else {},
+            model_uri=str(output / MLFLOW_MODEL_DIR) if done and trains else None,
+            metrics=metrics if done else {},
             studio_url=str(job_dir),
             error=data.get("error"),
+            evaluation=evaluation if done else None,
         )
 
     # ------------------------------------------------------------------ process facts
@@ -180,10 +217,53 @@ class LocalJobs:
     def submit_job(
         self, spec: TrainingJobSpec, *, env: Mapping[str, str] | None = None
     ) -> JobRecord:
-        """Start the job, or re-attach to the running or completed job of the same name."""
-        job_dir = self.job_dir(spec.name)
+        """Start the job, or re-attach to the running or completed job of the same name.
+        With `spec.evaluation`, the gate's evaluation of the trained model follows the
+        trainer in the same job (a second process)."""
+
+        def steps(job_dir: Path) -> list[list[str]]:
+            (job_dir / CONFIG_FILE).write_text(
+                yaml.safe_dump(trainer_config(spec, job_dir / OUTPUT_DIR), sort_keys=True)
+            )
+            train = [self.python, "-m", "trainer.fine_tune", "--config", str(job_dir / CONFIG_FILE)]
+            if spec.evaluation is None:
+                return [train]
+            output = job_dir / OUTPUT_DIR
+            evaluate = evaluation_command(
+                self.python, spec.evaluation, output / MLFLOW_MODEL_DIR, output, job_dir
+            )
+            return [train, evaluate]
+
+        return self._start(spec.name, spec.experiment, spec.tags, "training", steps, env)
+
+    def submit_evaluation_job(
+        self, spec: EvaluationJobSpec, *, env: Mapping[str, str] | None = None
+    ) -> JobRecord:
+        """Start `serving.evaluate` on the registered model's own folder, or re-attach to
+        the job of the same name (running or completed: then its evaluation is reused)."""
+
+        def steps(job_dir: Path) -> list[list[str]]:
+            output = job_dir / OUTPUT_DIR
+            return [
+                evaluation_command(
+                    self.python, spec.evaluation, spec.model_location, output, job_dir
+                )
+            ]
+
+        return self._start(spec.name, spec.experiment, spec.tags, "evaluation", steps, env)
+
+    def _start(
+        self,
+        name: str,
+        experiment: str,
+        tags: Mapping[str, str],
+        kind: str,
+        steps: Callable[[Path], list[list[str]]],  # writes its files, returns the commands
+        env: Mapping[str, str] | None,
+    ) -> JobRecord:
+        job_dir = self.job_dir(name)
         if (job_dir / RECORD_FILE).is_file():
-            data = self._refresh(self._read_record(spec.name))
+            data = self._refresh(self._read_record(name))
             if JobStatus(data["status"]) in {JobStatus.RUNNING, JobStatus.COMPLETED}:
                 return self._to_job_record(data)
             attempt = int(data.get("attempt", 1)) + 1
@@ -192,13 +272,11 @@ class LocalJobs:
         job_dir.mkdir(parents=True, exist_ok=True)
         # Created here, with its artifacts in the state folder: if the trainer created it,
         # MLflow would put the artifacts in ./mlruns of whatever directory it runs in.
-        ensure_experiment(self.layout, spec.experiment)
+        ensure_experiment(self.layout, experiment)
         for stale in (EXIT_FILE, CANCEL_MARKER):
             (job_dir / stale).unlink(missing_ok=True)
-        (job_dir / CONFIG_FILE).write_text(
-            yaml.safe_dump(trainer_config(spec, job_dir / OUTPUT_DIR), sort_keys=True)
-        )
-        command = [self.python, "-m", "trainer.fine_tune", "--config", str(job_dir / CONFIG_FILE)]
+        commands: list[list[str]] = steps(job_dir)
+        command = [arg for i, step in enumerate(commands) for arg in ([THEN] if i else []) + step]
         child_env = {
             **os.environ,
             **(env or {}),
@@ -219,12 +297,13 @@ class LocalJobs:
                 start_new_session=True,  # own process group: survives the flow, cancellable
             )
         data = {
-            "name": spec.name,
+            "name": name,
+            "kind": kind,
             "status": JobStatus.RUNNING.value,
             "pid": process.pid,
             "attempt": attempt,
-            "tags": dict(spec.tags),
-            "experiment": spec.experiment,
+            "tags": dict(tags),
+            "experiment": experiment,
             "started_at": time.time(),
             "command": command,
         }

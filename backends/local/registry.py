@@ -114,8 +114,8 @@ class LocalRegistry:
         for key, value in tags.items():
             mlflow_client.set_model_version_tag(name, version, key, value)
 
-    def download_model(self, name: str, version: str, destination: Path) -> Path:
-        """The registry's artifacts are already on this disk: return their folder."""
+    def model_location(self, name: str, version: str) -> str:
+        """The registry's own folder of the version (jobs here read it in place)."""
         from urllib.parse import unquote, urlparse
 
         source = self.get_model(name, version).source
@@ -123,7 +123,11 @@ class LocalRegistry:
         path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(source)
         if not path.is_dir():
             raise NotFound(f"files of model {name} version {version} missing at {path}")
-        return path
+        return str(path)
+
+    def download_model(self, name: str, version: str, destination: Path) -> Path:
+        """The registry's artifacts are already on this disk: return their folder."""
+        return Path(self.model_location(name, version))
 
     def set_model_alias(self, name: str, alias: str, version: str) -> None:
         self._client().set_registered_model_alias(name, alias, version)

@@ -133,10 +133,27 @@ def use_workspace_in_tasks(monkeypatch: pytest.MonkeyPatch, workspace: AzureWork
     return patched
 
 
-def run_trainer_here(argv: Sequence[str]) -> None:
-    """A compute node for `FakeAzureML.job_runner`: the submitted trainer command, run in this
-    process (the same interpreter and code the SDK uploaded; the base model is a local folder)."""
-    assert list(argv[:3]) == ["python", "-m", "trainer.fine_tune"], argv
+def run_job_here(argv: Sequence[str]) -> None:
+    """A compute node for `FakeAzureML.job_runner`: the submitted command, run in this process
+    (the same interpreter and code the SDK uploaded; the base model is a local folder). Its
+    steps (`A && B`) are the trainer and `serving.evaluate`, run in order as a shell would."""
+    from model_guard import on_node
+
+    from serving import evaluate
     from trainer.fine_tune import main, parse_arguments
 
-    main(*parse_arguments(list(argv[3:])))
+    steps: list[list[str]] = [[]]
+    for arg in argv:
+        if arg == "&&":
+            steps.append([])
+        else:
+            steps[-1].append(arg)
+    for step in steps:
+        module = step[2] if step[:2] == ["python", "-m"] else None
+        with on_node():  # loading models is what a node does (tests/model_guard.py)
+            if module == "trainer.fine_tune":
+                main(*parse_arguments(step[3:]))
+            elif module == "serving.evaluate":
+                evaluate.main(step[3:])
+            else:
+                raise AssertionError(f"the fake node runs the trainer and serving.evaluate: {step}")

@@ -9,7 +9,7 @@ For a flow end to end on the fake (test_azure_flow.py does it): use `azure_fake`
 `make_azure_workspace`, and make `backends.open_workspace` return that workspace where the
 tasks import it (`azure_helpers.use_workspace_in_tasks` patches every `tasks.*` module that
 does); `azure_helpers.azure_profile_file` writes a small Azure profile naming the fake's
-workspace; `azure_fake.job_runner = azure_helpers.run_trainer_here` makes jobs really train
+workspace; `azure_fake.job_runner = azure_helpers.run_job_here` makes jobs really train
 (real MLflow model outputs, as the quality gate needs). Scoring: every deployment answers
 through `serving.contract` with "Bill Gates and Paul Allen (<deployment>)";
 `azure_fake.scorers[name] = failing_scorer()` makes one fail, `canned_scorer(name, answer=...)`

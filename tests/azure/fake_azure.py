@@ -18,7 +18,7 @@ What it models, with the service's rules:
   node would run it, with its inputs downloaded from blob storage and its output folder (with
   what earlier attempts left there) as local paths; what it prints is the job's log, what it
   writes becomes the job's output, an exception fails the job with its traceback in the log
-  (`azure_helpers.run_trainer_here` runs the trainer itself, in this process);
+  (`azure_helpers.run_job_here` runs the trainer itself, in this process);
 - traffic: names must be deployments, live traffic sums to 100 or 0, mirror goes to at most one
   deployment, at most 50 %, never to one with live traffic; a deployment with live traffic
   cannot be deleted;
@@ -935,7 +935,23 @@ class FakeAzureML:
     # ------------------------------------------------------------------ blob storage
 
     def _locate(self, uri: str) -> tuple[str, str] | None:
-        """(container, path) of an azureml:// or https:// storage URI; None if not ours."""
+        """(container, path) of an azureml:// or https:// storage URI, a job output
+        (`azureml://jobs/<job>/outputs/<output>/paths/<path>`) or a model version's ARM id
+        (what a job's model input carries); None if not ours."""
+        model = re.match(r"(?:azureml:)?/subscriptions/.+(/models/[^/]+/versions/[^/]+)$", uri)
+        if model:
+            found = self._get(model.group(1))
+            return None if found is None else self._locate(found["properties"]["modelUri"])
+        output = re.match(r"azureml://jobs/([^/]+)/outputs/([^/]+)/paths/(.*)", uri)
+        if output:
+            job = self.jobs.get(output.group(1))
+            outputs = (job.body["properties"].get("outputs") or {}) if job else {}
+            if output.group(2) not in outputs:
+                return None
+            where = self._locate(outputs[output.group(2)]["uri"])
+            if where is None:
+                return None
+            return where[0], f"{where[1].rstrip('/')}/{output.group(3)}"
         match = re.match(
             r"azureml://subscriptions/[^/]+/resourcegroups/[^/]+/workspaces/[^/]+/datastores/"
             r"([^/]+)/paths/(.*)",

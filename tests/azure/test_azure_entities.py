@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import replace
+from pathlib import Path
 
 import yaml
 from azure.ai.ml import (
@@ -20,7 +21,7 @@ from azure_helpers import azure_settings, job_spec
 
 from backends.azure import entities
 from backends.azure.dry_run import DryRun, build_dry_run
-from finetune_phi.run_plan import DatasetFacts, Observed, plan_run
+from finetune_phi.run_plan import DatasetFacts, Observed, plan_run, training_job_spec
 from finetune_phi.settings import REPO_ROOT, load_profile
 from finetune_phi.workspace import DeploymentSpec, EnvironmentRef, ModelVersion
 from trainer.config import RunOptions
@@ -292,10 +293,45 @@ def _trainer_run_options(command: str) -> RunOptions:
         "${{inputs.eval_file}}": "e.jsonl",
         "${{outputs.model}}": "out",
     }
-    words = shlex.split(command)
+    words = shlex.split(command.split(" && ")[0])
     assert words[:3] == ["python", "-m", "trainer.fine_tune"]
     _, run, _ = parse_arguments([placeholders.get(word, word) for word in words[3:]])
     return run
+
+
+def test_a_training_job_measures_what_it_trained_as_its_second_step(tmp_path):
+    """The gate's evaluation runs on the training node after the trainer, on the model the
+    trainer wrote, with serving.evaluate's own parser; the questions are an uploaded input."""
+    from serving.evaluate import parse_arguments
+
+    profile = load_profile("local", environ={})  # synthetic data: fact questions
+    spec = training_job_spec(profile, "tiny", "ab" * 32, "t.jsonl", "e.jsonl")
+    assert spec.evaluation is not None and spec.evaluation.questions
+    job = entities.build_job(
+        spec,
+        job_name=spec.name,
+        attempt=1,
+        environment=EnvironmentRef("env", "1"),
+        compute="gpu",
+        code=entities.stage_code(entities.TRAINING_JOB_PACKAGES, staging_root=tmp_path),
+        settings=azure_settings(),
+        questions_file=entities.stage_questions(spec.evaluation.questions, staging_root=tmp_path),
+    )
+    train, evaluate = job.command.split(" && ")
+    assert train.startswith("python -m trainer.fine_tune ")
+    words = shlex.split(evaluate)
+    assert words[:3] == ["python", "-m", "serving.evaluate"]
+    args = parse_arguments(words[3:])
+    assert args.model_dir == "${{outputs.model}}/mlflow_model"
+    assert args.output_dir == "${{outputs.model}}" and args.key == spec.evaluation.key
+    assert args.test_file == "${{inputs.eval_file}}"
+    assert args.questions_file == "${{inputs.questions_file}}"
+    assert args.max_conversations == profile.gate.max_eval_conversations
+    questions = Path(job.inputs["questions_file"].path)
+    assert json.loads(questions.read_text()) == list(spec.evaluation.questions)
+    code = job.code
+    assert (Path(code) / "serving/evaluate.py").is_file()
+    assert (Path(code) / "trainer/fine_tune.py").is_file()
 
 
 def test_azure_training_jobs_require_a_gpu_unless_the_profile_allows_cpu(tmp_path):

@@ -4,7 +4,7 @@ The flow runs under Prefect's test harness with an Azure profile; every task tha
 workspace gets an `AzureWorkspace` over `FakeAzureML`: the real azure-ai-ml `MLClient` with a
 fake credential, the service faked at its HTTP layer (see fake_azure.py). The fake's compute
 runs the submitted trainer command for real on the small tiny Phi-3
-(`azure_helpers.run_trainer_here`), so the job outputs are real MLflow transformers models
+(`azure_helpers.run_job_here`), so the job outputs are real MLflow transformers models
 that the quality gate downloads through the SDK and evaluates on the held-out test set.
 
 One substitution, the smoke test's transport: the real `tasks.rollout.smoke_check` runs the
@@ -32,13 +32,15 @@ from azure_helpers import (
     CLIENT_KWARGS,
     azure_profile_file,
     make_azure_workspace,
-    run_trainer_here,
+    run_job_here,
     use_workspace_in_tasks,
 )
 from fake_azure import FakeAzureML, canned_scorer
+from model_guard import forbid_model_loading
 
 from backends.azure.workspace import AzureWorkspace
 from finetune_phi.chat_data.synthetic import answer_matches
+from finetune_phi.evaluation import evaluation_spec
 from finetune_phi.promptflow_bridge import SMOKE_PARAMS, SmokeAnswer, SmokeResult
 from finetune_phi.rollout import RolloutFailed
 from finetune_phi.settings import Profile, load_profile
@@ -130,6 +132,8 @@ class AzureFlow:
     sleeps: list[float] = field(default_factory=list)
     # called at each wait of the job poller's clock (which never really sleeps)
     on_wait: Callable[[], None] | None = None
+    # models loaded outside the fake's compute node, i.e. in the flow's process (none, ever)
+    model_loads: list[str] = field(default_factory=list)
 
     def wait(self, seconds: float) -> None:
         """The workspace's clock."""
@@ -171,7 +175,7 @@ def azure_flow(
         if name.startswith("FINETUNE_PHI"):
             monkeypatch.delenv(name)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the trainer: metrics.json only
-    azure_fake.job_runner = run_trainer_here
+    azure_fake.job_runner = run_job_here
     # A file in the ultrachat schema, as the Azure profile's hub data: the gate judges by
     # held-out loss and the smoke test asks the tutorial's question ("Who founded Microsoft?",
     # which the fake's deployments answer correctly).
@@ -200,6 +204,7 @@ def azure_flow(
         "tasks.training",
     }
     monkeypatch.setattr(tasks.rollout, "smoke_check", smoke_over_invoke(flow.workspace, flow.smoke))
+    flow.model_loads = forbid_model_loading(monkeypatch)
     return flow
 
 
@@ -241,8 +246,22 @@ def test_fresh_endpoint_then_blue_green_then_a_failed_smoke_test_rolls_back(
     changed = {"training": {"seed": 1}, "gate_tolerance": 1.0}
     second = azure_flow.run(**changed)
     assert second.status == "promoted" and second.model.version == "2"
-    assert second.training.job_name != job and len(fake.jobs) == 2
+    # The gate read numbers: the candidate's from its training job's second step, the
+    # champion's from an evaluation job on the cluster (the registered model as its input).
+    evaluation = (
+        f"eval-{MODEL}-v1-{evaluation_spec(second.settings, second.dataset.sha256, '').key}"
+    )
+    assert second.training.job_name != job
+    assert list(fake.jobs) == [job, second.training.job_name, evaluation]
+    assert second.gate.candidate.job == second.training.job_name
     assert second.gate.champion is not None and second.gate.champion.model == f"{MODEL}:1"
+    assert second.gate.champion.job == evaluation and second.gate.champion.tokens > 0
+    inputs = fake.jobs[evaluation].body["properties"]["inputs"]
+    assert inputs["model"]["jobInputType"] == "mlflow_model"
+    assert inputs["model"]["uri"].endswith(f"/models/{MODEL}/versions/1")
+    assert "evaluation done" in fake.jobs[evaluation].log[-1]
+    assert "evaluation done" in fake.jobs[second.training.job_name].log[-1]
+    assert azure_flow.model_loads == []  # every model was loaded on the (fake) compute node
     plan = second.rollout.plan
     assert plan.new_deployment == "green" and plan.retire == ("blue",)
     assert second.traffic_before == {"blue": 100} and second.traffic_after == {"green": 100}
@@ -273,7 +292,8 @@ def test_fresh_endpoint_then_blue_green_then_a_failed_smoke_test_rolls_back(
     again = azure_flow.run(**changed)
     assert again.status == "up to date" and again.model.version == "2"
     assert again.rollout.plan.new_deployment is None and again.traffic_after == {"green": 100}
-    assert len(fake.jobs) == 3 and [v.version for v in ws.registry.list_model_versions(MODEL)] == [
+    # runs 1-3 trained; runs 2 and 3 measured their champions (v1, v2); run 4 added nothing
+    assert len(fake.jobs) == 5 and [v.version for v in ws.registry.list_model_versions(MODEL)] == [
         "1",
         "2",
         "3",
