@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from finetune_phi.evaluation import evaluation_spec
+from finetune_phi.evaluation import evaluation_job_name, evaluation_spec
 from finetune_phi.lineage import training_job_name
 from finetune_phi.rollout import RolloutPlan, RolloutPlanError, plan_rollout
 from finetune_phi.settings import TINY_MODEL, Profile
@@ -363,6 +363,15 @@ def _lines(plan: RunPlan) -> list[tuple[str, str]]:
                 "test conversations)",
             )
         )
+        if plan.job is not None and plan.job.evaluation is not None:
+            measuring = evaluation_job_name(champion, plan.job.evaluation)
+            lines.append(
+                (
+                    "",
+                    "both measured on the training compute: the candidate by the job's "
+                    f"second step, the champion by job {measuring} (reused when it exists)",
+                )
+            )
 
     name = profile.endpoint.name
     endpoint = observed.endpoint

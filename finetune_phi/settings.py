@@ -237,7 +237,10 @@ class GateSettings(StrictModel):
         "below the champion's (synthetic data only: it has fact questions).",
     )
     max_eval_conversations: int = Field(
-        default=240, ge=1, description="Test conversations both models are scored on."
+        default=240,
+        ge=1,
+        description="Test conversations both models are scored on (in jobs on the training "
+        "compute; a model is measured once per dataset and value of this setting).",
     )
 
 

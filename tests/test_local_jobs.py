@@ -120,3 +120,31 @@ def test_cancel_stops_the_whole_process_group(
     assert cancelled.status is JobStatus.CANCELED
     for stale in (pid, *trainer_pids):
         assert not psutil.pid_exists(stale) or psutil.Process(stale).status() == "zombie"
+
+
+def test_the_launcher_runs_steps_in_order_and_stops_at_the_first_failure(tmp_path: Path) -> None:
+    """A training job's steps (the trainer, then the gate's evaluation): the second runs only
+    after the first succeeded; exit.json has the failing step's status."""
+    import subprocess
+    import sys
+
+    from backends.local.launcher import EXIT_FILE, THEN
+
+    def launch(job_dir: Path, *steps: list[str]) -> int:
+        job_dir.mkdir()
+        command = [arg for i, step in enumerate(steps) for arg in ([THEN] if i else []) + step]
+        done = subprocess.run(
+            [sys.executable, "-m", "backends.local.launcher", str(job_dir), "--", *command],
+            timeout=60,
+        )
+        assert json.loads((job_dir / EXIT_FILE).read_text())["returncode"] == done.returncode
+        return done.returncode
+
+    def write(path: Path) -> list[str]:
+        return [sys.executable, "-c", f"open({str(path)!r}, 'a').write('x')"]
+
+    fail = [sys.executable, "-c", "raise SystemExit(3)"]
+    assert launch(tmp_path / "a", write(tmp_path / "1"), write(tmp_path / "2")) == 0
+    assert (tmp_path / "1").read_text() == (tmp_path / "2").read_text() == "x"
+    assert launch(tmp_path / "b", fail, write(tmp_path / "3")) == 3
+    assert not (tmp_path / "3").exists()
