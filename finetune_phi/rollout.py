@@ -215,6 +215,9 @@ def _wait_ready(workspace: Workspace, endpoint: str, name: str, timeout: float) 
         time.sleep(1.0)
 
 
+THROTTLED_PROBE_RETRIES = 3
+
+
 def _probe(
     workspace: Workspace,
     endpoint: str,
@@ -224,17 +227,27 @@ def _probe(
     *,
     timeout: float = 60.0,
 ) -> tuple[int, str | None]:
-    """Send `count` probe requests; the number that failed and the first failure's reason."""
+    """Send `count` probe requests; the number that failed and the first failure's reason.
+
+    A probe the endpoint throttled (429: the deployment is full of live requests) says
+    nothing about the model, so it is sent again after a pause (1, 2, 4 s) before it counts
+    as a failure; every other error counts at once (a 424 model error, a 408 past the
+    request timeout: the new deployment is what failed)."""
     failures, first = 0, None
     for _ in range(count):
-        try:
-            answer = workspace.endpoints.invoke(
-                endpoint, probe, deployment=deployment, timeout=timeout
-            )
-            _check_answer(answer)
-        except WorkspaceError as exc:
-            failures += 1
-            first = first or str(exc)
+        for attempt in range(THROTTLED_PROBE_RETRIES + 1):
+            try:
+                answer = workspace.endpoints.invoke(
+                    endpoint, probe, deployment=deployment, timeout=timeout
+                )
+                _check_answer(answer)
+            except WorkspaceError as exc:
+                if exc.status == 429 and attempt < THROTTLED_PROBE_RETRIES:
+                    time.sleep(2.0**attempt)
+                    continue
+                failures += 1
+                first = first or str(exc)
+            break
     return failures, first
 
 

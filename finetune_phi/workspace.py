@@ -118,19 +118,61 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+# What an Azure ML online endpoint answers besides the container's own 200 (the service's
+# "Troubleshoot online endpoint deployment and scoring" page, status code table):
+#   404  the URL is wrong, or "No valid deployments to route to": no deployment has traffic
+#   408  the model ran longer than the deployment's `request_timeout_ms`
+#   424  the model's container answered non-200 (its status and reason in the two headers
+#        below, its body passed through), or its response was over 1.5 MB
+#   429  over 100 requests/s, or more pending requests than the deployment takes
+#        (2 x max_concurrent_requests_per_instance x instance_count)
+MODEL_STATUS_HEADER = "ms-azureml-model-error-statuscode"
+MODEL_REASON_HEADER = "ms-azureml-model-error-reason"
+MODEL_ERROR = 424
+
+
 def scoring_error(
-    endpoint: str, status: int, body: str, *, deployment: str | None = None, served_by: str = ""
+    endpoint: str,
+    status: int,
+    body: str,
+    *,
+    deployment: str | None = None,
+    served_by: str = "",
+    model_status: int | None = None,
+    model_reason: str = "",
 ) -> WorkspaceError:
     """The error for a scoring call that answered `status` >= 400, the same on every backend:
     NotFound for 404, transient for 408, 429 and 5xx, the body (first 2,000 characters) in
     the message. `deployment` is the one a direct call targeted; `served_by` the one that
-    answered, when the endpoint says."""
+    answered, when the endpoint says.
+
+    A 424 is Azure's wrapper of the container's own answer (`model_status`, from the
+    `ms-azureml-model-error-statuscode` header): transient when the container's status is
+    (a 500 or 503 of a model that is loading or overloaded), permanent when it is a 4xx (the
+    request itself) or unknown (e.g. a response too large)."""
     target = f"deployment {deployment!r} of " if deployment else ""
     by = f" (deployment {served_by!r})" if served_by else ""
-    message = f"{target}endpoint {endpoint!r} answered {status}{by}: {body[:2000]}"
+    said = ""
+    if status == MODEL_ERROR:
+        inner = f"{model_status}" if model_status is not None else "an unknown status"
+        said = f" (the model's container answered {inner}" + (
+            f", {model_reason})" if model_reason else ")"
+        )
+    elif status == 408:
+        said = " (the model took longer than the deployment's request timeout)"
+    elif status == 429:
+        said = " (throttled: too many requests, or more pending than the deployment takes)"
+    message = f"{target}endpoint {endpoint!r} answered {status}{by}{said}: {body[:2000]}"
     if status == 404:
+        if "no valid deployments" in body.lower():
+            message += " (no deployment of the endpoint receives traffic)"
         return NotFound(message, status=status)
-    transient = status >= 500 or status in TRANSIENT_HTTP_STATUSES
+    if status == MODEL_ERROR:
+        transient = model_status is not None and (
+            model_status >= 500 or model_status in TRANSIENT_HTTP_STATUSES
+        )
+    else:
+        transient = status >= 500 or status in TRANSIENT_HTTP_STATUSES
     return WorkspaceError(message, transient=transient, status=status)
 
 

@@ -42,6 +42,8 @@ from backends.azure.errors import AzureWorkspaceError, azure_call, status_of
 from finetune_phi.settings import REPO_ROOT, AzureBackendSettings
 from finetune_phi.workspace import (
     DEPLOYMENT_HEADER,
+    MODEL_REASON_HEADER,
+    MODEL_STATUS_HEADER,
     ComputeRef,
     DeploymentInfo,
     DeploymentSpec,
@@ -826,8 +828,15 @@ class AzureEndpoints(_AzurePart):
                 continue
             break
         if response.status_code >= 400:
+            model_status = response.headers.get(MODEL_STATUS_HEADER, "")
             raise scoring_error(
-                endpoint, response.status_code, response.text, deployment=deployment
+                endpoint,
+                response.status_code,
+                response.text,
+                deployment=deployment,
+                served_by=response.headers.get(DEPLOYMENT_HEADER, ""),
+                model_status=int(model_status) if model_status.isdigit() else None,
+                model_reason=response.headers.get(MODEL_REASON_HEADER, ""),
             )
         try:
             return response.json()

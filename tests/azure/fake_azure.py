@@ -26,8 +26,13 @@ What it models, with the service's rules:
   metadata, ranges;
 - scoring: `POST https://<endpoint>.<region>.inference.ml.azure.com/score` with the key; the
   `azureml-model-deployment` header picks a deployment, else the traffic map (seeded draw);
-  mirrored requests are counted. Each deployment answers through `serving.contract` (the same
-  request validation as the real scoring script) with a canned reply, or with what
+  mirrored requests are counted. The service's own answers: 404 "No valid deployments to
+  route to" when nothing takes traffic, 424 with the container's status in
+  `ms-azureml-model-error-statuscode` when the container answers non-200, 408 when the model
+  takes longer than the deployment's `requestTimeout` (`slow_scorer`), 429 when the
+  deployment is busy with 2 x max concurrent x instances requests (`pending`). Each
+  deployment answers through `serving.contract` (the same request validation as the real
+  scoring script) with a canned reply, or with what
   `scorers[deployment]` returns (`canned_scorer(name, answer=...)`: replies of your choice,
   `failing_scorer()`: errors);
 - faults: `inject(method, path_pattern, kind)` makes matching requests fail with 429 (+
@@ -59,14 +64,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+import isodate
 import requests
 import responses
 
+from finetune_phi.workspace import MODEL_ERROR, MODEL_REASON_HEADER, MODEL_STATUS_HEADER
 from serving import contract
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 RESOURCE_GROUP = "rg-finetune"
 WORKSPACE = "ws-finetune"
+# What the service answers (404) when no deployment of the endpoint takes traffic
+NO_ROUTE = (
+    "No valid deployments to route to. Please check that the endpoint has at least one "
+    "deployment with positive weight values or use a deployment specific header to route."
+)
 REGION = "eastus2"
 STORAGE_ACCOUNT = "wsfinetunestorage"
 BLOB_CONTAINER = "azureml-blobstore-0000"
@@ -139,7 +151,11 @@ class FakeAzureML:
         self.faults: list[Fault] = []
         self.calls: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self.keys = {"primary": "primary-key-" + "a" * 20, "secondary": "secondary-key-" + "b" * 20}
-        self.scorers: dict[str, Callable[[dict[str, Any]], tuple[int, Any]]] = {}
+        # deployment -> scorer: (status, body) or (status, body, seconds the model took)
+        self.scorers: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = {}
+        # deployment -> requests it is busy with (load from elsewhere; the service sheds
+        # requests past 2 x max concurrent x instances with 429)
+        self.pending: dict[str, int] = {}
         self.scored: list[tuple[str, str]] = []  # (deployment, "live" | "direct" | "mirror")
         self.deployment_failures: dict[str, str] = {}  # deployment name -> provisioning error
         self.job_outcomes: dict[str, str] = {}  # job name -> final state it reaches
@@ -914,7 +930,7 @@ class FakeAzureML:
         else:
             live = sorted((n, p) for n, p in endpoint["properties"]["traffic"].items() if p > 0)
             if not live:
-                return 503, {}, json.dumps({"message": "no deployment receives traffic"})
+                return 404, {}, json.dumps({"message": NO_ROUTE})
             names, weights = zip(*live, strict=True)
             target, how = self.rng.choices(names, weights)[0], "live"
             for mirror, pct in endpoint["properties"]["mirrorTraffic"].items():
@@ -922,15 +938,24 @@ class FakeAzureML:
                     self.scored.append((mirror, "mirror"))
         if deployments[target]["properties"]["provisioningState"] != "Succeeded":
             return 503, {}, json.dumps({"message": f"deployment {target} is not ready"})
+        deployment = deployments[target]
+        settings = deployment["properties"].get("requestSettings") or {}
+        instances = int((deployment.get("sku") or {}).get("capacity") or 1)
+        capacity = 2 * int(settings.get("maxConcurrentRequestsPerInstance") or 1) * instances
+        headers = {"Content-Type": "application/json", "azureml-model-deployment": target}
+        if self.pending.get(target, 0) >= capacity:
+            return 429, headers, json.dumps({"message": "Too many pending requests"})
         self.scored.append((target, how))
         body = json.loads(request.body or b"null")
         scorer = self.scorers.get(target, canned_scorer(target))
-        status, answer = scorer(body)
-        return (
-            status,
-            {"Content-Type": "application/json", "azureml-model-deployment": target},
-            (json.dumps(answer)),
-        )
+        status, answer, *took = scorer(body)
+        timeout = isodate.parse_duration(settings.get("requestTimeout") or "PT5S")
+        if took and took[0] > timeout.total_seconds():
+            return 408, headers, json.dumps({"message": "Request timed out"})
+        if status != 200:  # the service wraps the container's answer: 424 + its status
+            headers |= {MODEL_STATUS_HEADER: str(status), MODEL_REASON_HEADER: "model_error"}
+            return MODEL_ERROR, headers, json.dumps(answer)
+        return status, headers, json.dumps(answer)
 
     # ------------------------------------------------------------------ blob storage
 
@@ -1116,8 +1141,22 @@ def canned_scorer(
 
 
 def failing_scorer(status: int = 500, message: str = "model crashed") -> Callable[..., Any]:
+    """The container answers `status` (the service passes it on as a 424)."""
+
     def score(body: Any) -> tuple[int, Any]:
         return status, {"error": message}
+
+    return score
+
+
+def slow_scorer(seconds: float, deployment: str = "") -> Callable[..., Any]:
+    """A deployment whose model takes `seconds` per request (past the deployment's
+    request timeout, the service answers 408)."""
+    inner = canned_scorer(deployment)
+
+    def score(body: Any) -> tuple[int, Any, float]:
+        status, answer = inner(body)
+        return status, answer, seconds
 
     return score
 

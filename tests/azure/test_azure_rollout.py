@@ -104,3 +104,34 @@ def test_failed_provisioning_rolls_back(azure_fake, azure_workspace, dataset_fil
         _rollout(ws, v2)
     assert ws.endpoints.get_traffic(ENDPOINT).live == {"blue": 100}
     assert [d.name for d in ws.endpoints.list_deployments(ENDPOINT)] == ["blue"]
+
+
+def test_a_throttled_probe_is_sent_again_a_model_error_is_not(
+    azure_fake, azure_workspace, dataset_files
+):
+    """The new deployment full of requests for a moment (429) is not a reason to roll back;
+    its container failing (424) is."""
+    ws = azure_workspace
+    v1 = _train_and_register(ws, dataset_files, "ft-first")
+    _rollout(ws, v1)
+    v2 = _train_and_register(ws, dataset_files, "ft-second")
+
+    class Busy(dict):
+        """green is full for its first two requests, then free."""
+
+        def get(self, key, default=None):
+            if key == "green" and self.setdefault("seen", 0) < 2:
+                self["seen"] += 1
+                return 10**6
+            return super().get(key, default)
+
+    azure_fake.pending = Busy()
+    plan, report = _rollout(ws, v2)
+    assert report.final_traffic == {"green": 100}
+    assert azure_fake.pending["seen"] == 2  # two 429s, each sent again
+
+    v3 = _train_and_register(ws, dataset_files, "ft-third")
+    azure_fake.scorers["blue"] = failing_scorer(503, "out of memory")
+    with pytest.raises(RolloutFailed, match="the model's container answered 503"):
+        _rollout(ws, v3)
+    assert ws.endpoints.get_traffic(ENDPOINT).live == {"green": 100}

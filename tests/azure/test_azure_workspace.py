@@ -351,3 +351,51 @@ def test_set_model_tags_and_download_model(azure_workspace, registered, tmp_path
     assert (
         ws.registry.download_model("phi3-chat", registered.version, tmp_path / "models") == folder
     )
+
+
+def test_scoring_errors_are_what_the_service_answers(azure_fake, azure_workspace, registered):
+    """The service's own statuses, classified: 424 wraps the container's answer (transient
+    only when the container's status is), 408 past the request timeout, 429 when the
+    deployment is full, 404 when no deployment takes traffic."""
+    from fake_azure import slow_scorer
+
+    from finetune_phi.serving_plan import SKUS, plan_serving
+
+    ws = azure_workspace
+    ws.endpoints.get_or_create_endpoint("phi3-chat")
+    request = {"input_data": ["Hi"], "params": {}}
+    plan = plan_serving(int(3.8e9), SKUS["Standard_E4s_v3"])
+    spec = DeploymentSpec("phi3-chat", "blue", registered, "Standard_E4s_v3", serving=plan)
+    ws.endpoints.create_or_update_deployment(spec)
+
+    with pytest.raises(NotFound, match="no deployment of the endpoint receives traffic"):
+        ws.endpoints.invoke("phi3-chat", request)
+    ws.endpoints.set_traffic("phi3-chat", TrafficState({"blue": 100}))
+
+    azure_fake.scorers["blue"] = failing_scorer(400, "bad input")
+    with pytest.raises(WorkspaceError) as caught:
+        ws.endpoints.invoke("phi3-chat", request)
+    assert caught.value.status == 424 and not caught.value.transient
+    assert "the model's container answered 400, model_error" in str(caught.value)
+    assert "bad input" in str(caught.value) and "(deployment 'blue')" in str(caught.value)
+    azure_fake.scorers["blue"] = failing_scorer(503, "still loading")
+    with pytest.raises(WorkspaceError) as caught:
+        ws.endpoints.invoke("phi3-chat", request)
+    assert caught.value.status == 424 and caught.value.transient
+
+    # A slow but healthy model within the plan's request timeout answers; past it, 408.
+    timeout_s = plan.request_timeout_ms / 1000
+    azure_fake.scorers["blue"] = slow_scorer(timeout_s * 0.9, "blue")
+    assert ws.endpoints.invoke("phi3-chat", request)[0].endswith("(blue)")
+    azure_fake.scorers["blue"] = slow_scorer(timeout_s * 1.1, "blue")
+    with pytest.raises(WorkspaceError, match="request timeout") as caught:
+        ws.endpoints.invoke("phi3-chat", request)
+    assert caught.value.status == 408 and caught.value.transient
+
+    del azure_fake.scorers["blue"]
+    azure_fake.pending["blue"] = 2 * plan.max_concurrent_requests_per_instance
+    with pytest.raises(WorkspaceError, match="throttled") as caught:
+        ws.endpoints.invoke("phi3-chat", request)
+    assert caught.value.status == 429 and caught.value.transient
+    azure_fake.pending["blue"] -= 1
+    assert ws.endpoints.invoke("phi3-chat", request)[0].endswith("(blue)")
