@@ -402,8 +402,9 @@ def build_evaluation_job(
 
 
 def build_model(
-    name: str, version: str, path: str, tags: Mapping[str, str], description: str = ""
+    name: str, version: str | None, path: str, tags: Mapping[str, str], description: str = ""
 ) -> Model:
+    """An MLflow model version; `version` None: the service assigns the next number."""
     return Model(
         name=name,
         version=version,

@@ -14,7 +14,9 @@ Permanent (retrying only wastes time or money):
 - 403 (authorization: a missing role assignment);
 - 400 with a quota code (`QuotaExceeded`, `...Quota...`): a quota request, not a retry, fixes it;
 - other 400s (validation) and the SDK's own `ValidationException`;
-- 404 (`NotFound`), 409 (conflict: the caller decides what it means).
+- 404 (`NotFound`), 409 (conflict: the caller decides what it means), including the SDK's
+  `AssetPathException` (the service's 409 for an asset version re-registered with another
+  path, raised without its status).
 
 Azure's own HTTP pipeline already retries 408/429/5xx and connection errors a few times with
 backoff (honouring `Retry-After`) before anything reaches this module: what arrives here as
@@ -29,6 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import requests
+from azure.ai.ml.exceptions import AssetPathException
 from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
@@ -117,6 +120,14 @@ def classify(exc: BaseException, what: str, *, rules: bool = False) -> Workspace
     """
     if isinstance(exc, WorkspaceError):
         return exc
+    if isinstance(exc, AssetPathException):
+        # The service's 409 for a version that exists with another path, which the SDK
+        # re-raises without its status: the caller decides what the conflict means.
+        return AzureWorkspaceError(
+            f"{what}: conflict [409 AssetPathConflict]: {_short(exc)}",
+            status=409,
+            code="AssetPathConflict",
+        )
     status = _status(exc)
     code = _error_code(exc)
     detail = _short(exc)

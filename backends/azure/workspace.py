@@ -541,19 +541,21 @@ class AzureRegistry(_AzurePart):
     def register_model(
         self, name: str, model_uri: str, *, tags: Mapping[str, str], job_name: str | None = None
     ) -> ModelVersion:
-        """Register `model_uri` (a job output) as the next version, once per job."""
+        """Register `model_uri` (a job output) as a new version, once per job.
+
+        The service numbers the version (the SDK reads the model container's `nextVersion`,
+        which counts archived versions too, unlike a listing). When another registration
+        takes that number first, the service refuses the path change (409; the SDK raises
+        it as AssetPathException): look again, the other one may have been this job's."""
         for _ in range(3):
-            versions = self._raw_versions(name)
             if job_name is not None:
-                for model in versions:
+                for model in self._raw_versions(name):
                     if (model.tags or {}).get(entities.JOB_NAME_TAG) == job_name:
                         return self._model_version(model)
-            numbers = [int(m.version) for m in versions if str(m.version).isdigit()]
-            version = str(max(numbers, default=0) + 1)
             all_tags = {**tags, **({entities.JOB_NAME_TAG: job_name} if job_name else {})}
-            model = entities.build_model(name, version, model_uri, all_tags)
+            model = entities.build_model(name, None, model_uri, all_tags)
             try:
-                with azure_call(f"register model {name}:{version}"):
+                with azure_call(f"register model {name}"):
                     created = self.ml_client.models.create_or_update(model)
                 return self._model_version(created)
             except AzureWorkspaceError as exc:

@@ -156,6 +156,9 @@ class FakeAzureML:
         # deployment -> requests it is busy with (load from elsewhere; the service sheds
         # requests past 2 x max concurrent x instances with 429)
         self.pending: dict[str, int] = {}
+        # >0: the next model container read says a nextVersion that is already taken (a
+        # concurrent registration got there first)
+        self.next_version_lag = 0
         self.scored: list[tuple[str, str]] = []  # (deployment, "live" | "direct" | "mirror")
         self.deployment_failures: dict[str, str] = {}  # deployment name -> provisioning error
         self.job_outcomes: dict[str, str] = {}  # job name -> final state it reaches
@@ -428,6 +431,16 @@ class FakeAzureML:
                 container = self._get(rel)
                 if container is None:
                     return _error(404, "UserError", f"{kind} {parts[1]} not found")
+                # The service counts every version, archived ones too (which lists hide).
+                numbers = [
+                    int(v["name"]) for v in self._children(f"{rel}/versions") if v["name"].isdigit()
+                ]
+                latest = max(numbers, default=0)
+                lag, self.next_version_lag = self.next_version_lag, 0
+                container = copy.deepcopy(container)
+                container["properties"].update(
+                    latestVersion=str(latest), nextVersion=str(latest + 1 - lag)
+                )
                 return self._ok(container)
             if method == "PUT":
                 return self._ok(self._store(rel, self._resource(rel, parts[1], body, kind)))
@@ -443,6 +456,8 @@ class FakeAzureML:
                 ]
                 return self._ok({"value": found})
             versions = self._children(rel)
+            if query.get("listViewType", ["ActiveOnly"])[0].lower() != "all":
+                versions = [v for v in versions if not v["properties"].get("isArchived")]
             return self._ok({"value": versions})
         if len(parts) == 5 and parts[4] == "startPendingUpload" and method == "POST":
             container = f"code-{uuid.uuid4().hex[:12]}"

@@ -399,3 +399,27 @@ def test_scoring_errors_are_what_the_service_answers(azure_fake, azure_workspace
     assert caught.value.status == 429 and caught.value.transient
     azure_fake.pending["blue"] -= 1
     assert ws.endpoints.invoke("phi3-chat", request)[0].endswith("(blue)")
+
+
+def test_versions_are_numbered_by_the_service_archived_ones_included(
+    azure_fake, azure_workspace, dataset_files
+):
+    """A listing hides archived versions, so "max listed + 1" can be an archived number (a
+    409 the SDK raises as AssetPathException, without a status). The service's nextVersion
+    is used instead; a number taken meanwhile by another registration is looked at again."""
+    ws = azure_workspace
+    first = _completed_job(ws, dataset_files, "ft-first")
+    second = _completed_job(ws, dataset_files, "ft-second")
+    third = _completed_job(ws, dataset_files, "ft-third")
+    v1 = ws.registry.register_model("phi3-chat", first.model_uri, tags={}, job_name=first.name)
+    v2 = ws.registry.register_model("phi3-chat", second.model_uri, tags={}, job_name=second.name)
+    assert (v1.version, v2.version) == ("1", "2")
+    ws.connection.ml_client.models.archive(name="phi3-chat", version="2")
+    assert [v.version for v in ws.registry.list_model_versions("phi3-chat")] == ["1"]
+
+    azure_fake.next_version_lag = 1  # the next container read offers 2 again: taken
+    v3 = ws.registry.register_model("phi3-chat", third.model_uri, tags={}, job_name=third.name)
+    assert v3.version == "3" and v3.tags["job_name"] == third.name
+    # v2 registered, archived, then refused to the third registration (AssetPathException)
+    assert azure_fake.count("PUT", r"/models/phi3-chat/versions/2$") == 3
+    assert azure_fake.count("PUT", r"/models/phi3-chat/versions/3$") == 1
