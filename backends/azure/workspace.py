@@ -410,13 +410,14 @@ class AzureJobs(_AzurePart):
         try:
             with azure_call(f"submit job {name}"):
                 created = self.ml_client.jobs.create_or_update(job)
-        except AzureWorkspaceError as exc:
-            if exc.status != 409:
-                raise
-            # A name that exists: a retry of a submission whose answer was lost. Attach.
+        except AzureWorkspaceError:
+            # The job may exist all the same: the service acted and its answer was lost, or
+            # another submission of the same name got there first (whatever status the
+            # service refuses a duplicate name with). The name decides: attach when found.
             found = self._get_raw_job(name)
             if found is None:
                 raise
+            log.info("job %s exists after a failed submission: re-attaching", name)
             return self._record(found)
         return self._record(created)
 

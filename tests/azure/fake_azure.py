@@ -159,6 +159,7 @@ class FakeAzureML:
         # >0: the next model container read says a nextVersion that is already taken (a
         # concurrent registration got there first)
         self.next_version_lag = 0
+        self.duplicate_job_status = 409  # what a second PUT of a job name answers
         self.scored: list[tuple[str, str]] = []  # (deployment, "live" | "direct" | "mirror")
         self.deployment_failures: dict[str, str] = {}  # deployment name -> provisioning error
         self.job_outcomes: dict[str, str] = {}  # job name -> final state it reaches
@@ -610,8 +611,8 @@ class FakeAzureML:
             self._advance(job)
             return self._ok(self._job_resource(job))
         if len(parts) == 2 and method == "PUT":
-            if job is not None:
-                return _error(409, "UserError", f"a job named {name} already exists")
+            if job is not None:  # the status is not documented: tests try 409 and 400
+                return _error(self.duplicate_job_status, "UserError", f"job {name} already exists")
             problem = self._check_job(body)
             if problem:
                 return _error(400, "UserError", problem)

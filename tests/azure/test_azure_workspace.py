@@ -106,11 +106,14 @@ def test_resubmitting_reattaches_instead_of_starting_again(
     assert azure_fake.count("PUT", r"/jobs/") == 1
 
 
+@pytest.mark.parametrize("duplicate_status", [409, 400])
 def test_retried_submission_whose_answer_was_lost_reattaches(
-    azure_fake, azure_workspace, dataset_files
+    azure_fake, azure_workspace, dataset_files, duplicate_status
 ):
     """The PUT reaches Azure but the connection resets before the answer: azure-core retries
-    the PUT (409: the name exists), and the backend attaches to the job that was created."""
+    the PUT (refused: the name exists, with whatever status), and the backend attaches to
+    the job that was created, found by its name."""
+    azure_fake.duplicate_job_status = duplicate_status
     azure_fake.inject("PUT", r"/jobs/ft-", "reset-after")
     job = azure_workspace.jobs.submit_job(job_spec(*dataset_files))
     assert job.name == "ft-0123abcd-base-cfg"
@@ -119,19 +122,19 @@ def test_retried_submission_whose_answer_was_lost_reattaches(
 
 
 def test_retried_task_after_transient_failure_reattaches(azure_fake, tmp_path, dataset_files):
-    """Every azure-core retry fails too: the task sees a transient error; its retry (a new
-    submit) finds the job the first PUT created."""
+    """Every azure-core retry of the PUT fails too: the job the first PUT created is found
+    by its name at once (were the lookup to fail as well, the transient error would make
+    the task retry, and the new submit finds it first thing)."""
     from azure_helpers import make_azure_workspace
 
     workspace = make_azure_workspace(azure_fake, tmp_path)
     azure_fake.inject("PUT", r"/jobs/ft-", "reset-after")
     azure_fake.inject("PUT", r"/jobs/ft-", "reset", times=10)
-    with pytest.raises(WorkspaceError) as caught:
-        workspace.jobs.submit_job(job_spec(*dataset_files))
-    assert is_transient(caught.value)
-    azure_fake.faults.clear()
     job = workspace.jobs.submit_job(job_spec(*dataset_files))
     assert job.name == "ft-0123abcd-base-cfg" and len(azure_fake.jobs) == 1
+    azure_fake.faults.clear()
+    assert workspace.jobs.submit_job(job_spec(*dataset_files)).name == job.name
+    assert len(azure_fake.jobs) == 1
 
 
 def test_failed_job_reports_studio_and_log_tail_and_resubmission_is_attempt_two(
