@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, create_model, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, create_model, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -140,6 +140,28 @@ class AzureBackendSettings(StrictModel):
     job_poll_seconds: float = Field(
         default=30.0, gt=0, description="How often a running job's status and log are read."
     )
+    not_responding_timeout_seconds: float = Field(
+        default=1800.0,
+        gt=0,
+        description="How long a job may stay NotResponding (no heartbeat; the service can "
+        "bring it back) before the run stops waiting; the next submission cancels it and "
+        "resumes from its checkpoint in a new attempt.",
+    )
+
+    @field_validator("training_instance_count")
+    @classmethod
+    def _instances_fit_the_cluster(cls, count: int, info: ValidationInfo) -> int:
+        # A command job asks the cluster for `instance_count` nodes at once; an AmlCompute
+        # cluster never grows past its max_instances, so a bigger job could never start.
+        # (training_max_nodes is declared above, so it is validated and in `info.data`.)
+        max_nodes = info.data.get("training_max_nodes")
+        if max_nodes is not None and count > max_nodes:
+            raise ValueError(
+                f"more than backend.training_max_nodes ({max_nodes}): a job of {count} nodes "
+                f"cannot start on a cluster of at most {max_nodes}; raise "
+                "backend.training_max_nodes or lower backend.training_instance_count"
+            )
+        return count
 
 
 BackendSettings = Annotated[

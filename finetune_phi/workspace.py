@@ -58,9 +58,9 @@ class JobStatus(StrEnum):
         return self in TERMINAL_JOB_STATUSES
 
 
-TERMINAL_JOB_STATUSES = frozenset(
-    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.NOT_RESPONDING}
-)
+# NotResponding (no heartbeat lately) is not final: the service can bring a job back to
+# Running. Backends decide how long to wait for it (Azure: `not_responding_timeout_seconds`).
+TERMINAL_JOB_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED})
 
 
 class WorkspaceError(FinetunePhiError, RuntimeError):

@@ -7,8 +7,9 @@ What maps to what (the local backend's behaviour, Azure's way):
 - compute: get-or-create an `AmlCompute` cluster that scales to zero;
 - jobs: a command job running `python -m trainer.fine_tune`; Azure job names are unique
   forever, so attempt 1 of logical job `ft-...` is named `ft-...` and a resubmission after a
-  Failed/Canceled/NotResponding attempt is `ft-...-r2` (same output folder: it resumes from the
-  checkpoints). Submitting a name that is running or completed re-attaches to it, which is also
+  Failed/Canceled attempt is `ft-...-r2` (same output folder: it resumes from the
+  checkpoints); a NotResponding attempt (not final: it may come back) is waited for up to
+  `not_responding_timeout_seconds`, and canceled before a new attempt starts. Submitting a name that is running or completed re-attaches to it, which is also
   what a retried submission whose first PUT did reach Azure finds;
 - logs: the job's `user_logs/std_log.txt` in the workspace artifact store, read from the
   offset already seen, while the status is polled with backoff;
@@ -70,7 +71,9 @@ ALIAS_TAG_PREFIX = "alias."
 ARTIFACT_DATASTORE = "workspaceartifactstore"  # where Azure keeps jobs' user_logs/
 USER_LOG = "user_logs/std_log.txt"
 # Attempts in these states are over and failed: a new submission starts the next attempt.
-RETRYABLE_JOB_STATES = frozenset({JobStatus.FAILED, JobStatus.CANCELED, JobStatus.NOT_RESPONDING})
+# A NotResponding attempt is canceled first (it may come back, and would then write the same
+# output folder as the new attempt).
+RETRYABLE_JOB_STATES = frozenset({JobStatus.FAILED, JobStatus.CANCELED})
 # The stream stops on these too: a Paused job waits for a person, not for the pipeline.
 STREAM_STOP_STATES = frozenset({*RETRYABLE_JOB_STATES, JobStatus.COMPLETED, JobStatus.PAUSED})
 KEY_CACHE_SECONDS = 300.0
@@ -322,9 +325,10 @@ class AzureJobs(_AzurePart):
                 if not evaluates:
                     metrics = self._read_output_json(logical, output, entities.METRICS_FILE)
                 evaluation = self._read_output_json(logical, output, entities.EVALUATION_FILE)
-        elif status in RETRYABLE_JOB_STATES or status is JobStatus.PAUSED:
+        elif status in RETRYABLE_JOB_STATES | {JobStatus.PAUSED, JobStatus.NOT_RESPONDING}:
             tail = self._log_tail(job.name) if with_details else ""
-            error = f"job {job.name} ended {status.value}; see {studio}" + (
+            verb = "is" if status is JobStatus.NOT_RESPONDING else "ended"
+            error = f"job {job.name} {verb} {status.value}; see {studio}" + (
                 f"\nlast log lines:\n{tail}" if tail else ""
             )
         return JobRecord(
@@ -395,6 +399,10 @@ class AzureJobs(_AzurePart):
             if existing is None:
                 break
             status = _job_status(existing.status)
+            if status is JobStatus.NOT_RESPONDING:
+                # One writer per output folder: this attempt is stopped before the next.
+                log.warning("job %s is NotResponding: canceling it before a new attempt", name)
+                status = self._cancel_and_wait(name)
             if status not in RETRYABLE_JOB_STATES:
                 log.info("job %s exists (%s): re-attaching", name, status.value)
                 return self._record(existing)
@@ -460,6 +468,7 @@ class AzureJobs(_AzurePart):
         interval_max = self.settings.job_poll_seconds
         interval = min(5.0, interval_max)
         position, pending, last_status, errors = 0, "", None, 0
+        silent = 0.0  # seconds waited while the job is NotResponding
         while True:
             try:
                 job = self._get_raw_job(name)
@@ -476,8 +485,14 @@ class AzureJobs(_AzurePart):
                 self._sleep(interval)
                 continue
             if status != last_status:
-                yield f"[azure] job {name}: {status.value}"
+                yield f"[azure] job {name}: {status.value}" + (
+                    " (no heartbeat; the service may bring it back: waiting up to "
+                    f"{self.settings.not_responding_timeout_seconds:.0f} s)"
+                    if status is JobStatus.NOT_RESPONDING
+                    else ""
+                )
                 last_status = status
+            silent = silent if status is JobStatus.NOT_RESPONDING else 0.0
             if chunk:
                 position += len(chunk)
                 pending += chunk.decode(errors="replace")
@@ -486,11 +501,35 @@ class AzureJobs(_AzurePart):
                 interval = min(5.0, interval_max)
             else:
                 interval = min(interval * 1.5, interval_max)
-            if not follow or status in STREAM_STOP_STATES:
+            given_up = silent >= self.settings.not_responding_timeout_seconds
+            if given_up:
+                yield (
+                    f"[azure] job {name}: NotResponding for {silent:.0f} s: stopped waiting; "
+                    "the next run cancels it and resumes from its checkpoint"
+                )
+            if not follow or status in STREAM_STOP_STATES or given_up:
                 if pending:
                     yield pending
                 return
             self._sleep(interval)
+            if status is JobStatus.NOT_RESPONDING:
+                silent += interval
+
+    def _cancel_and_wait(self, name: str, polls: int = 60) -> JobStatus:
+        """Cancel a job and wait (polling) until the service says it is over; its status."""
+        with azure_call(f"cancel job {name}"):
+            self.ml_client.jobs.begin_cancel(name).result()
+        for _ in range(polls):
+            job = self._get_raw_job(name)
+            status = _job_status(job.status) if job is not None else JobStatus.CANCELED
+            if status.is_terminal:
+                return status
+            self._sleep(min(5.0, self.settings.job_poll_seconds))
+        raise WorkspaceError(
+            f"job {name} was canceled but has not stopped; a new attempt would share its "
+            "output folder: try again later",
+            transient=True,
+        )
 
     def cancel_job(self, name: str) -> JobRecord:
         job = self._get_raw_job(name)

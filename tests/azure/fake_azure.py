@@ -92,7 +92,8 @@ LOCATION_PATH = (
     f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.MachineLearningServices/locations"
 )
 JOB_PROGRESSION = ("NotStarted", "Starting", "Preparing", "Queued", "Running", "Finalizing")
-TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding"}
+# NotResponding is not final in the service: a job can return to Running (or be canceled).
+TERMINAL = {"Completed", "Failed", "Canceled"}
 # VM sizes offered in the fake region: name -> (family, vCPUs, GPUs)
 VM_SIZES = {
     "Standard_NC24ads_A100_v4": ("standardNCADSA100v4Family", 24, 1),
@@ -134,6 +135,8 @@ class FakeJob:
     status: str = "NotStarted"
     outcome: str = "Completed"  # where it ends up
     log: list[str] = field(default_factory=list)
+    # with outcome NotResponding: GETs it stays so before it runs again (None: forever)
+    recovers_after: int | None = None
 
 
 class FakeAzureML:
@@ -160,6 +163,8 @@ class FakeAzureML:
         # concurrent registration got there first)
         self.next_version_lag = 0
         self.duplicate_job_status = 409  # what a second PUT of a job name answers
+        # job name -> GETs a NotResponding job stays so before it runs again
+        self.not_responding_recovers_after: dict[str, int] = {}
         self.scored: list[tuple[str, str]] = []  # (deployment, "live" | "direct" | "mirror")
         self.deployment_failures: dict[str, str] = {}  # deployment name -> provisioning error
         self.job_outcomes: dict[str, str] = {}  # job name -> final state it reaches
@@ -618,6 +623,7 @@ class FakeAzureML:
                 return _error(400, "UserError", problem)
             job = FakeJob(name, self._resource(rel, name, body, "jobs"))
             job.outcome = self.job_outcomes.get(name, self.default_job_outcome)
+            job.recovers_after = self.not_responding_recovers_after.get(name)
             self.jobs[name] = job
             return self._ok(self._job_resource(job), 201)
         if len(parts) == 3 and parts[2] == "cancel" and method == "POST":
@@ -661,6 +667,15 @@ class FakeAzureML:
     def _advance(self, job: FakeJob) -> None:
         """One step of the job's life per GET (Paused/terminal states stay)."""
         if job.status in TERMINAL or job.status in ("Paused", "CancelRequested"):
+            return
+        if job.status == "NotResponding":
+            if job.recovers_after is None:
+                return
+            if job.recovers_after > 0:
+                job.recovers_after -= 1
+                return
+            job.status, job.outcome = "Running", "Completed"  # the heartbeat is back
+            self._log(job, "heartbeat resumed")
             return
         if job.status in JOB_PROGRESSION:
             index = JOB_PROGRESSION.index(job.status)

@@ -203,7 +203,9 @@ def test_job_command_parses_with_the_trainers_own_parser(tmp_path):
 
 
 def test_distributed_job_when_more_than_one_node(tmp_path):
-    settings = azure_settings(training_instance_count=2, processes_per_node=4)
+    settings = azure_settings(
+        training_instance_count=2, training_max_nodes=2, processes_per_node=4
+    )
     _, spec = _built(tmp_path)
     job = entities.build_job(
         spec,

@@ -154,7 +154,7 @@ def test_failed_job_reports_studio_and_log_tail_and_resubmission_is_attempt_two(
     assert first_out == second_out  # same folder: the trainer resumes from its checkpoints
 
 
-@pytest.mark.parametrize("outcome", ["Canceled", "NotResponding", "Paused"])
+@pytest.mark.parametrize("outcome", ["Canceled", "Paused"])
 def test_stream_ends_on_every_non_success_state(
     azure_fake, azure_workspace, dataset_files, outcome
 ):
@@ -165,6 +165,41 @@ def test_stream_ends_on_every_non_success_state(
     assert lines[-1] == f"[azure] job {job.name}: {outcome}"
     record = azure_workspace.jobs.get_job(job.name)
     assert record.status == outcome and record.error and record.model_uri is None
+
+
+def test_a_job_not_responding_for_a_while_is_waited_for(azure_fake, azure_workspace, dataset_files):
+    """NotResponding is not final: a job whose heartbeat comes back completes as usual."""
+    spec = job_spec(*dataset_files)
+    azure_fake.job_outcomes[spec.name] = "NotResponding"
+    azure_fake.not_responding_recovers_after[spec.name] = 3
+    job = azure_workspace.jobs.submit_job(spec)
+    lines = list(azure_workspace.jobs.stream_job_logs(job.name))
+    assert any(": NotResponding (no heartbeat" in line for line in lines)
+    assert f"[azure] job {job.name}: Completed" in lines
+    assert azure_workspace.jobs.get_job(job.name).model_uri is not None
+
+
+def test_a_job_not_responding_for_too_long_is_canceled_before_the_next_attempt(
+    azure_fake, tmp_path, dataset_files
+):
+    """The stream stops waiting after `not_responding_timeout_seconds`; the resubmission
+    cancels the silent attempt first, so two attempts never write one output folder."""
+    from azure_helpers import make_azure_workspace
+
+    workspace = make_azure_workspace(azure_fake, tmp_path, not_responding_timeout_seconds=60.0)
+    spec = job_spec(*dataset_files)
+    azure_fake.job_outcomes[spec.name] = "NotResponding"  # and it never comes back
+    job = workspace.jobs.submit_job(spec)
+    lines = list(workspace.jobs.stream_job_logs(job.name))
+    assert "stopped waiting" in lines[-1]
+    record = workspace.jobs.get_job(job.name)
+    assert record.status is JobStatus.NOT_RESPONDING and not record.status.is_terminal
+    assert f"job {job.name} is NotResponding" in record.error
+
+    retry = workspace.jobs.submit_job(spec)
+    assert retry.name == f"{spec.name}-r2"
+    assert azure_fake.jobs[spec.name].status == "Canceled"
+    assert azure_fake.count("POST", rf"/jobs/{spec.name}/cancel") == 1
 
 
 def test_cancel_job(azure_fake, azure_workspace, dataset_files):
