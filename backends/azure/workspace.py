@@ -5,14 +5,17 @@ What maps to what (the local backend's behaviour, Azure's way):
 - environments: versioned by a hash of image + conda spec (`entities.build_environment`);
   get first, create only a version that does not exist;
 - compute: get-or-create an `AmlCompute` cluster that scales to zero;
-- jobs: a command job running `python -m trainer.fine_tune`; Azure job names are unique
-  forever, so attempt 1 of logical job `ft-...` is named `ft-...` and a resubmission after a
-  Failed/Canceled attempt is `ft-...-r2` (same output folder: it resumes from the
-  checkpoints); a NotResponding attempt (not final: it may come back) is waited for up to
-  `not_responding_timeout_seconds`, and canceled before a new attempt starts. Submitting a name that is running or completed re-attaches to it, which is also
-  what a retried submission whose first PUT did reach Azure finds;
-- logs: the job's `user_logs/std_log.txt` in the workspace artifact store, read from the
-  offset already seen, while the status is polled with backoff;
+- jobs: a command job running `python -m trainer.fine_tune` then `python -m serving.evaluate`
+  (the gate's measurement), or an evaluation job (`serving.evaluate` on a registered model);
+  Azure job names are unique forever, so attempt 1 of logical job `ft-...` is named `ft-...`
+  and a resubmission after a Failed/Canceled attempt is `ft-...-r2` (same output folder: it
+  resumes from the checkpoints); a NotResponding attempt (not final: it may come back) is
+  waited for up to `not_responding_timeout_seconds`, and canceled before a new attempt
+  starts. A name that is running or completed, looked up before creating and after a failed
+  create, is re-attached to (a retried submission whose first PUT did reach Azure finds it);
+- logs: the job's `user_logs/std_log.txt` (rank 0's `std_log_process_0.txt` for several
+  processes) in the workspace artifact store, read from the offset already seen, while the
+  status is polled with backoff; a log that cannot be read is said once, not fatal;
 - registry: workspace models; a version is tagged `job_name` (registration is idempotent per
   job). The workspace registry has no MLflow-style aliases, so an alias is a version tag
   `alias.<name>=true`: setting it tags the new version first, then untags the others (an
@@ -69,7 +72,9 @@ log = logging.getLogger(__name__)
 
 ALIAS_TAG_PREFIX = "alias."
 ARTIFACT_DATASTORE = "workspaceartifactstore"  # where Azure keeps jobs' user_logs/
-USER_LOG = "user_logs/std_log.txt"
+# A job's log (Azure's user_logs): one file, or one per process of a distributed job.
+USER_LOGS = ("user_logs/std_log.txt", "user_logs/std_log_process_0.txt")
+_PAST_THE_END = 2**62  # an offset that reads nothing: whether a blob exists, cheaply
 # Attempts in these states are over and failed: a new submission starts the next attempt.
 # A NotResponding attempt is canceled first (it may come back, and would then write the same
 # output folder as the new attempt).
@@ -184,20 +189,27 @@ class AzureConnection:
             packages, repo_root=self.repo_root, staging_root=self._code_staging_dir
         )
 
-    def _datastore_blob(self, datastore: str, blob: str, offset: int = 0) -> bytes | None:
-        """Bytes of `blob` from `offset` in a datastore's container; None if it is not there.
-        Authenticates as the SDK does for uploads (datastore SAS/key, else the credential)."""
-        from azure.ai.ml._artifacts._artifact_utilities import get_datastore_info
+    def _container(self, datastore: str) -> Any:
+        """A blob ContainerClient for a datastore, through the SDK's public datastore API:
+        its key or SAS when the datastore keeps one, else this connection's credential (an
+        identity-based datastore: the caller then needs a storage data role, docs/azure.md)."""
         from azure.storage.blob import ContainerClient
 
-        ml = self.ml_client
+        found = self.ml_client.datastores.get(datastore, include_secrets=True)
+        secret = getattr(found, "credentials", None)
+        credential = (
+            getattr(secret, "account_key", None) or getattr(secret, "sas_token", None)
+        ) or self.credential
+        protocol = getattr(found, "protocol", None) or "https"
+        endpoint = getattr(found, "endpoint", None) or "core.windows.net"
+        account_url = f"{protocol}://{found.account_name}.blob.{endpoint}"
+        return ContainerClient(account_url, found.container_name, credential=credential)
+
+    def _datastore_blob(self, datastore: str, blob: str, offset: int = 0) -> bytes | None:
+        """Bytes of `blob` from `offset` in a datastore's container; None if it is not there."""
         try:
             with azure_call(f"read {datastore}/{blob}"):
-                info = get_datastore_info(ml.datastores, datastore)
-                container = ContainerClient(
-                    info["account_url"], info["container_name"], credential=info["credential"]
-                )
-                client = container.get_blob_client(blob)
+                client = self._container(datastore).get_blob_client(blob)
                 size = client.get_blob_properties().size
                 if offset >= size:
                     return b""
@@ -447,12 +459,19 @@ class AzureJobs(_AzurePart):
         result: dict[str, Any] = json.loads(data)
         return result
 
-    def _log_blob(self, name: str) -> str:
-        return f"ExperimentRun/dcid.{name}/{USER_LOG}"
+    def _log_blob(self, name: str) -> str | None:
+        """The job's user log: `std_log.txt`, or rank 0's `std_log_process_0.txt` when the
+        job runs several processes (each writes its own); None while neither exists."""
+        for log_file in USER_LOGS:
+            blob = f"ExperimentRun/dcid.{name}/{log_file}"
+            if self._datastore_blob(ARTIFACT_DATASTORE, blob, offset=_PAST_THE_END) is not None:
+                return blob
+        return None
 
     def _log_tail(self, name: str, lines: int = LOG_TAIL_LINES) -> str:
         try:
-            data = self._datastore_blob(ARTIFACT_DATASTORE, self._log_blob(name))
+            blob = self._log_blob(name)
+            data = self._datastore_blob(ARTIFACT_DATASTORE, blob) if blob else None
         except WorkspaceError:
             return ""
         text = (data or b"").decode(errors="replace")
@@ -464,18 +483,23 @@ class AzureJobs(_AzurePart):
 
         `jobs.stream` is not used: it raises only for Failed and hides the other endings.
         Polling backs off from 5 s to `job_poll_seconds` while the log is quiet.
+
+        The log is a nice-to-have, the status is not: a log that cannot be read (a 403 when
+        the storage account is reached by identity and the user has no data role on it) is
+        said once, and the job is followed by its status alone, as it keeps running.
         """
         interval_max = self.settings.job_poll_seconds
         interval = min(5.0, interval_max)
         position, pending, last_status, errors = 0, "", None, 0
         silent = 0.0  # seconds waited while the job is NotResponding
+        blob: str | None = None
+        log_readable = True
         while True:
             try:
                 job = self._get_raw_job(name)
                 if job is None:
                     raise NotFound(f"no Azure ML job named {name!r}")
                 status = _job_status(job.status)
-                chunk = self._datastore_blob(ARTIFACT_DATASTORE, self._log_blob(name), position)
                 errors = 0
             except WorkspaceError as exc:
                 if not exc.transient or errors >= MAX_POLL_ERRORS:
@@ -484,6 +508,19 @@ class AzureJobs(_AzurePart):
                 log.warning("reading job %s: %s (retrying)", name, exc)
                 self._sleep(interval)
                 continue
+            chunk = None
+            if log_readable:
+                try:
+                    blob = blob or self._log_blob(name)
+                    if blob is not None:
+                        chunk = self._datastore_blob(ARTIFACT_DATASTORE, blob, position)
+                except WorkspaceError as exc:
+                    if not exc.transient:
+                        log_readable = False
+                        yield (
+                            f"[azure] job {name}: its log cannot be read ({exc}); following "
+                            f"its status only; the log is in the studio: {self._studio_url(job)}"
+                        )
             if status != last_status:
                 yield f"[azure] job {name}: {status.value}" + (
                     " (no heartbeat; the service may bring it back: waiting up to "
@@ -650,7 +687,12 @@ class AzureRegistry(_AzurePart):
 
     def download_model(self, name: str, version: str, destination: Path) -> Path:
         """The version's files under `destination/<name>-<version>/` (kept: a second call with
-        the MLmodel already there downloads nothing)."""
+        the MLmodel already there downloads nothing). For people and tools: the pipeline's
+        own stages never download a model (the gate measures in jobs).
+
+        `models.download` cannot be used: it parses the model's path as a datastore URI, and
+        a version registered from a job output (`azureml://jobs/...`) has none; the job's
+        output definition says where the files are (`_datastore_uri`)."""
         from azure.ai.ml._artifacts._artifact_utilities import download_artifact_from_aml_uri
 
         target = Path(destination) / f"{name}-{version}"

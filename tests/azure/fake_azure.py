@@ -115,7 +115,7 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 class Fault:
     method: str
     pattern: re.Pattern[str]
-    kind: str  # "429" | "503" | "reset" | "reset-after" | "401" | "quota" | "timeout"
+    kind: str  # "429" | "503" | "reset" | "reset-after" | "401" | "403" | "quota"
     times: int = 1
     retry_after: str = "0"
 
@@ -205,7 +205,9 @@ class FakeAzureML:
             self.calls.append((method, url.path))
             fault = self._fault(method, url.path)
             if fault is not None and fault.kind not in ("reset-after",):
-                return self._fail(fault)
+                status, headers, body = self._fail(fault)
+                # No body to a HEAD (the error code is in the x-ms-error-code header).
+                return status, headers, "" if method == "HEAD" else body
             result = self._route(request, url, method)
             if fault is not None:  # reset-after: the service acted, the answer is lost
                 raise requests.exceptions.ConnectionError("Connection reset by peer (fake)")
@@ -225,6 +227,12 @@ class FakeAzureML:
             )
         if fault.kind == "503":
             return _error(503, "ServiceUnavailable", "The service is temporarily unavailable")
+        if fault.kind == "403":  # e.g. storage reached by identity, no data role
+            return _error(
+                403,
+                "AuthorizationPermissionMismatch",
+                "This request is not authorized to perform this operation using this permission.",
+            )
         if fault.kind == "401":
             return _error(401, "InvalidAuthenticationToken", "The access token is invalid")
         if fault.kind == "quota":
@@ -701,9 +709,21 @@ class FakeAzureML:
             self._log(job, "RuntimeError: CUDA out of memory (fake)")
 
     def _log(self, job: FakeJob, line: str) -> None:
+        """The job's user log; a job of several processes writes one per process (rank 0's
+        has the lines here, the others a line each)."""
         job.log.append(line)
-        blob = f"ExperimentRun/dcid.{job.name}/user_logs/std_log.txt"
-        self.blobs[(ARTIFACT_CONTAINER, blob)] = (("\n".join(job.log) + "\n").encode(), {})
+        props = job.body["properties"]
+        processes = int((props.get("distribution") or {}).get("processCountPerInstance") or 1)
+        processes *= int((props.get("resources") or {}).get("instanceCount") or 1)
+        folder = f"ExperimentRun/dcid.{job.name}/user_logs"
+        text = ("\n".join(job.log) + "\n").encode()
+        if processes == 1:
+            self.blobs[(ARTIFACT_CONTAINER, f"{folder}/std_log.txt")] = (text, {})
+            return
+        self.blobs[(ARTIFACT_CONTAINER, f"{folder}/std_log_process_0.txt")] = (text, {})
+        for rank in range(1, processes):
+            other = f"rank {rank} of {processes}\n".encode()
+            self.blobs[(ARTIFACT_CONTAINER, f"{folder}/std_log_process_{rank}.txt")] = (other, {})
 
     def _write_outputs(self, job: FakeJob) -> None:
         output = job.body["properties"]["outputs"]["model"]

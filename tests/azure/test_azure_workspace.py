@@ -461,3 +461,35 @@ def test_versions_are_numbered_by_the_service_archived_ones_included(
     # v2 registered, archived, then refused to the third registration (AssetPathException)
     assert azure_fake.count("PUT", r"/models/phi3-chat/versions/2$") == 3
     assert azure_fake.count("PUT", r"/models/phi3-chat/versions/3$") == 1
+
+
+def test_a_log_that_cannot_be_read_is_said_once_and_the_job_followed(
+    azure_fake, azure_workspace, dataset_files
+):
+    """Storage reached by identity, no data role: reading the log answers 403. The job keeps
+    running on Azure, so the stream follows its status and says why there is no log."""
+    spec = job_spec(*dataset_files)
+    azure_fake.inject("HEAD", rf"/ExperimentRun/dcid\.{spec.name}/", "403", times=1000)
+    azure_fake.inject("GET", rf"/ExperimentRun/dcid\.{spec.name}/", "403", times=1000)
+    job = azure_workspace.jobs.submit_job(spec)
+    lines = list(azure_workspace.jobs.stream_job_logs(job.name))
+    unreadable = [line for line in lines if "its log cannot be read" in line]
+    assert len(unreadable) == 1 and "403" in unreadable[0] and "ml.azure.com" in unreadable[0]
+    assert lines[-1] == f"[azure] job {job.name}: Completed"
+    assert azure_workspace.jobs.get_job(job.name).model_uri is not None
+
+
+def test_a_distributed_jobs_log_is_rank_zeros(azure_fake, tmp_path, dataset_files):
+    """Several processes write std_log_process_<rank>.txt, no std_log.txt: rank 0's is read."""
+    from azure_helpers import make_azure_workspace
+
+    workspace = make_azure_workspace(
+        azure_fake, tmp_path, training_instance_count=2, training_max_nodes=2, processes_per_node=2
+    )
+    job = workspace.jobs.submit_job(job_spec(*dataset_files))
+    lines = list(workspace.jobs.stream_job_logs(job.name))
+    assert "done: model saved" in lines and not any(line.startswith("rank ") for line in lines)
+    folder = f"ExperimentRun/dcid.{job.name}/user_logs"
+    assert {b for _, b in azure_fake.blobs if b.startswith(folder)} == {
+        f"{folder}/std_log_process_{rank}.txt" for rank in range(4)
+    }
