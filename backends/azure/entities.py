@@ -41,6 +41,7 @@ from azure.ai.ml.entities import (
 )
 from azure.ai.ml.entities._job.distribution import PyTorchDistribution
 
+from finetune_phi.errors import UsageError
 from finetune_phi.settings import REPO_ROOT, AzureBackendSettings
 from finetune_phi.telemetry import TELEMETRY_OFF
 from finetune_phi.workspace import (
@@ -202,9 +203,29 @@ def _flag_value(value: Any) -> str:
     return str(value)
 
 
-def trainer_arguments(spec: TrainingJobSpec) -> list[str]:
+BASE_MODEL_INPUT = "base_model"
+
+
+def base_model_input(base_model: str) -> Input | None:
+    """A base model in a folder of this machine travels with the job as an uploaded input
+    (the node cannot read this disk; the SDK uploads it once, by content); a hub id is passed
+    as it is (None). A path that exists nowhere here is an error now, not on the node."""
+    path = Path(base_model).expanduser()
+    if path.is_dir():
+        return Input(type=AssetTypes.URI_FOLDER, path=str(path.resolve()))
+    if base_model.startswith(("/", "./", "../", "~")) or path.exists():
+        raise UsageError(
+            f"model.base {base_model!r}: not a folder on this machine, nor a hub id. On Azure "
+            "the base model is a hub id (microsoft/Phi-3.5-mini-instruct) or a local folder "
+            "holding the model, which the job uploads"
+        )
+    return None
+
+
+def trainer_arguments(spec: TrainingJobSpec, *, base_model_uploaded: bool = False) -> list[str]:
     """The trainer's command line: inputs and output by Azure placeholders, every run option
     and hyperparameter as a flag (the job is self-describing in the studio)."""
+    base_model = f"${{{{inputs.{BASE_MODEL_INPUT}}}}}" if base_model_uploaded else spec.base_model
     args = [
         "python",
         "-m",
@@ -216,7 +237,7 @@ def trainer_arguments(spec: TrainingJobSpec) -> list[str]:
         "--model_output_dir",
         "${{outputs.model}}",
         "--base_model",
-        spec.base_model,
+        base_model,
         "--mlflow_experiment",
         spec.experiment,
         "--run_name",
@@ -305,11 +326,14 @@ def build_job(
     (`job_run_options`). With `spec.evaluation`, `serving.evaluate` measures the trained model
     after the trainer, on the same node (`code` holds both packages)."""
     job_spec = replace(spec, run_options=job_run_options(spec.run_options, settings))
-    steps = [trainer_arguments(job_spec)]
+    uploaded = base_model_input(spec.base_model)
+    steps = [trainer_arguments(job_spec, base_model_uploaded=uploaded is not None)]
     inputs = {
         "train_file": Input(type=AssetTypes.URI_FILE, path=spec.train_file),
         "eval_file": Input(type=AssetTypes.URI_FILE, path=spec.eval_file),
     }
+    if uploaded is not None:
+        inputs[BASE_MODEL_INPUT] = uploaded
     if spec.evaluation is not None:
         model_dir = f"${{{{outputs.{MODEL_OUTPUT}}}}}/{MLFLOW_MODEL_DIR}"
         steps.append(

@@ -8,6 +8,7 @@ import shlex
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import yaml
 from azure.ai.ml import (
     load_compute,
@@ -203,9 +204,7 @@ def test_job_command_parses_with_the_trainers_own_parser(tmp_path):
 
 
 def test_distributed_job_when_more_than_one_node(tmp_path):
-    settings = azure_settings(
-        training_instance_count=2, training_max_nodes=2, processes_per_node=4
-    )
+    settings = azure_settings(training_instance_count=2, training_max_nodes=2, processes_per_node=4)
     _, spec = _built(tmp_path)
     job = entities.build_job(
         spec,
@@ -380,3 +379,35 @@ def test_job_run_options_keep_a_profiles_own_require_gpu(tmp_path):
     )
     assert _trainer_run_options(job.command) == replace(spec.run_options, require_gpu=True)
     assert spec.run_options.require_gpu is False
+
+
+def test_a_local_base_model_travels_with_the_job_a_hub_id_does_not(tmp_path):
+    """The node cannot read the worker's disk: a base model in a local folder becomes an
+    uploaded uri_folder input; a hub id stays a flag; a path that exists nowhere is an error
+    before anything is submitted."""
+    from finetune_phi.errors import UsageError
+
+    _, spec = _built(tmp_path)
+
+    def command_and_inputs(base_model: str) -> tuple[str, dict]:
+        job = entities.build_job(
+            replace(spec, base_model=base_model),
+            job_name=spec.name,
+            attempt=1,
+            environment=EnvironmentRef("env", "1"),
+            compute="gpu",
+            code=tmp_path,
+            settings=azure_settings(),
+        )
+        return job.command, job.inputs
+
+    folder = tmp_path / "my-phi"
+    folder.mkdir()
+    command, inputs = command_and_inputs(str(folder))
+    assert "--base_model ${{inputs.base_model}}" in command
+    assert inputs["base_model"].type == "uri_folder" and inputs["base_model"].path == str(folder)
+    command, inputs = command_and_inputs("microsoft/Phi-3.5-mini-instruct")
+    assert "--base_model microsoft/Phi-3.5-mini-instruct" in command
+    assert "base_model" not in inputs
+    with pytest.raises(UsageError, match="not a folder on this machine"):
+        command_and_inputs(str(tmp_path / "missing"))

@@ -225,6 +225,8 @@ def test_fresh_endpoint_then_blue_green_then_a_failed_smoke_test_rolls_back(
     metrics = first.training.metrics  # the real trainer's metrics.json, read from the blob
     assert metrics["global_step"] == 6 and metrics["eval_loss"] < metrics["eval_loss_before"]
     assert any(line.startswith("fine-tuning ") for line in fake.jobs[job].log)
+    # the tiny base model lives on this machine: uploaded with the job, read by the node there
+    assert fake.jobs[job].body["properties"]["inputs"]["base_model"]["jobInputType"] == "uri_folder"
     v1 = ws.registry.get_model(MODEL, "1")
     assert v1.source == f"azureml://jobs/{job}/outputs/model/paths/mlflow_model"
     assert v1.tags["job_name"] == job and v1.tags["dataset_sha256"] == first.dataset.sha256
