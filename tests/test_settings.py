@@ -649,3 +649,40 @@ def test_override_of_the_same_kind_merges_key_by_key() -> None:
     assert isinstance(profile.data.source, SyntheticSource)
     assert profile.data.source.seed == 4
     assert profile.data.source.conversations == 1200  # kept from the file
+
+
+# --- the training cluster's size --------------------------------------------------------------
+
+
+def test_more_training_nodes_than_the_cluster_has_is_an_error_naming_both_keys() -> None:
+    message = config_error_of(
+        "azure", {"backend": {"training_instance_count": 3, "training_max_nodes": 2}}
+    )
+    assert "backend.training_instance_count" in message
+    assert "more than backend.training_max_nodes (2)" in message
+    assert "(got 3)" in message
+
+
+def test_a_job_as_big_as_the_cluster_is_allowed() -> None:
+    backend = load_profile(
+        "azure",
+        environ=NO_ENV,
+        overrides={"backend": {"training_instance_count": 2, "training_max_nodes": 2}},
+    ).backend
+    assert isinstance(backend, AzureBackendSettings)
+    assert (backend.training_instance_count, backend.training_max_nodes) == (2, 2)
+
+
+def test_instance_count_from_the_environment_is_checked_against_the_cluster_too() -> None:
+    environ = {f"{ENV_PREFIX}BACKEND__TRAINING_INSTANCE_COUNT": "2"}
+    with pytest.raises(ConfigError) as excinfo:
+        load_profile("azure", environ=environ)
+    message = str(excinfo.value)
+    assert "more than backend.training_max_nodes (1)" in message
+    assert f"{ENV_PREFIX}BACKEND__TRAINING_INSTANCE_COUNT" in message  # names the variable
+
+
+def config_error_of(profile: str, overrides: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as excinfo:
+        load_profile(profile, environ=NO_ENV, overrides=overrides)
+    return str(excinfo.value)

@@ -21,6 +21,7 @@ Method = Literal["full", "lora"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Attention = Literal["sdpa", "eager", "flash_attention_2"]
 EvalStrategy = Literal["no", "epoch", "steps"]
+Sharding = Literal["none", "fsdp"]
 
 
 def _help(text: str) -> dict[str, str]:
@@ -192,6 +193,17 @@ class RunOptions:
             "GPU (saying what it found), instead of training on the CPU in fp32: hours for a "
             "3.8B model. The Azure backend turns it on unless backend.allow_cpu_training is "
             "true; the local backend leaves it off."
+        ),
+    )
+    sharding: Sharding = field(
+        default="none",
+        metadata=_help(
+            "none: every training process holds the whole model (one process, or data "
+            "parallel with DDP when several train). fsdp: shard weights, gradients and "
+            "optimizer state across the processes (PyTorch FSDP2 through accelerate), for a "
+            "full fine-tune too big for one GPU; needs method=full, CUDA GPUs and more than "
+            "one process (on Azure: backend.processes_per_node, training_instance_count). "
+            "See docs/distributed.md."
         ),
     )
 

@@ -20,6 +20,14 @@ It writes into --model_output_dir:
 
 A re-run whose output already holds a finished model for the same hyperparameters does
 nothing and exits 0, so a retried job converges instead of training twice.
+
+Several processes train one model together when a launcher starts them (torchrun by hand, an
+Azure ML job with PyTorch distribution): each rank trains on its own shard of every batch and
+all resume from the same checkpoint; only rank 0 writes mlflow_model/, metrics.json and the
+loss curve, logs to MLflow and deletes the checkpoints, and the others wait for it
+(docs/distributed.md):
+
+    torchrun --nproc_per_node 2 -m trainer.fine_tune --config job.yaml
 """
 
 from __future__ import annotations
@@ -33,10 +41,12 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from trainer.config import Hyperparameters, JobArguments, RunOptions, option_names
 
@@ -46,8 +56,15 @@ MLFLOW_MODEL_DIR = "mlflow_model"
 CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.json"
 LOSS_CURVES_FILE = "loss_curves.png"
+# FSDP: the gathered full model, staged by rank 0 on its way to mlflow_model/ (then removed).
+FSDP_GATHERED_DIR = "fsdp_gathered.partial"
 # Test hook for resume: raise after this optimizer step, as a crash would (never set in real use).
 FAULT_ENV = "FINETUNE_PHI_FAIL_AFTER_STEP"
+# How long a rank waits for the others (rank 0 alone saves a model of several GB while they
+# wait for it): the process group's timeout, torch's and transformers' default being 30 min.
+PROCESS_GROUP_TIMEOUT = timedelta(hours=1)
+
+T = TypeVar("T")
 
 
 class SimulatedCrash(RuntimeError):
@@ -188,11 +205,109 @@ def gpu_problem(probe: GpuProbe) -> str | None:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process stands among the processes that train one model together.
+
+    The launcher says so in the environment, as `torch.distributed`'s env:// initialisation
+    reads it: torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for every
+    worker it starts; an Azure ML command job with `PyTorchDistribution` starts
+    `process_count_per_instance` processes on each of `instance_count` nodes and sets
+    MASTER_ADDR, MASTER_PORT, WORLD_SIZE and NODE_RANK for each node and RANK and LOCAL_RANK
+    for each process (Microsoft Learn, "Distributed GPU training guide (SDK v2)", PyTorch
+    section: learn.microsoft.com/azure/machine-learning/how-to-train-distributed-gpu). A plain
+    `python -m trainer.fine_tune` has none of them: rank 0 of 1.
+    """
+
+    rank: int = 0  # global: 0 is the main process, the one that writes
+    local_rank: int = 0  # on this node: which GPU
+    world_size: int = 1  # processes over all nodes
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Ranks:
+        def number(name: str, default: int) -> int:
+            text = environ.get(name, "").strip()
+            try:
+                return int(text) if text else default
+            except ValueError:
+                raise SystemExit(f"{name}={text!r}: not a whole number") from None
+
+        ranks = cls(number("RANK", 0), number("LOCAL_RANK", 0), number("WORLD_SIZE", 1))
+        if ranks.world_size < 1 or not 0 <= ranks.rank < ranks.world_size:
+            raise SystemExit(
+                f"RANK={ranks.rank}, WORLD_SIZE={ranks.world_size}: the rank must be between 0 "
+                "and WORLD_SIZE - 1 (set by the launcher: torchrun, or Azure ML's PyTorch "
+                "distribution)"
+            )
+        return ranks
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def describe(self) -> str:
+        return f"rank {self.rank} of {self.world_size} (local rank {self.local_rank})"
+
+
+def sharding_arguments(
+    run: RunOptions, hp: Hyperparameters, plan: DevicePlan, ranks: Ranks
+) -> dict[str, Any]:
+    """SFTConfig's `fsdp`/`fsdp_config` for `run.sharding`, or why this run cannot shard.
+
+    FSDP (version 2, through accelerate) wraps each decoder layer (the model's
+    `_no_split_modules`: Phi3DecoderLayer) and shards it fully across the processes; the
+    trained model is gathered whole (FULL_STATE_DICT) to be saved. accelerate turns FSDP on
+    only for a GPU-like process group: on CPU (gloo) it would silently train unsharded, so a
+    CPU run is refused here rather than pretending to shard.
+    """
+    if run.sharding == "none":
+        return {}
+    problems = []
+    if hp.method != "full":
+        problems.append(
+            f"method={hp.method}: sharding is for full fine-tuning; LoRA's trainable weights are "
+            "small, so data parallel (sharding none) already fits"
+        )
+    if plan.device != "cuda":
+        problems.append(
+            f"this run trains on {plan.device}: FSDP shards over CUDA GPUs (accelerate enables it "
+            "for GPU process groups only, not for CPU/gloo)"
+        )
+    if not ranks.distributed:
+        problems.append(
+            "one process (WORLD_SIZE unset or 1): start one per GPU, with torchrun "
+            "--nproc_per_node N by hand or backend.processes_per_node on Azure"
+        )
+    if problems:
+        raise SystemExit(
+            "--sharding fsdp cannot be used here:\n" + "\n".join(f"  {p}" for p in problems)
+        )
+    return {
+        "fsdp": True,
+        "fsdp_config": {
+            "version": 2,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "reshard_after_forward": True,  # full shard (ZeRO-3-like)
+            "state_dict_type": "FULL_STATE_DICT",
+        },
+    }
+
+
 def build_sft_config(
-    run: RunOptions, hp: Hyperparameters, plan: DevicePlan, checkpoints_dir: Path
+    run: RunOptions,
+    hp: Hyperparameters,
+    plan: DevicePlan,
+    checkpoints_dir: Path,
+    *,
+    ranks: Ranks | None = None,
 ):  # -> trl.SFTConfig
     from trl import SFTConfig
 
+    ranks = Ranks.from_environ() if ranks is None else ranks
     return SFTConfig(
         output_dir=str(checkpoints_dir),
         # hyperparameters
@@ -230,6 +345,9 @@ def build_sft_config(
         disable_tqdm=True,
         dataloader_num_workers=0,
         save_only_model=False,
+        # The process group is started by `start_process_group` before the trainer exists.
+        ddp_timeout=int(PROCESS_GROUP_TIMEOUT.total_seconds()),
+        **sharding_arguments(run, hp, plan, ranks),
     )
 
 
@@ -266,11 +384,87 @@ def probe_gpu() -> GpuProbe:
     )
 
 
-def load_model_and_tokenizer(base_model: str, hp: Hyperparameters, plan: DevicePlan):
+def start_process_group(ranks: Ranks, plan: DevicePlan) -> None:
+    """Join the launcher's process group, before anything is decided for all the ranks.
+
+    accelerate's `PartialState` chooses the backend the way the Trainer would: gloo for a CPU
+    run (DistributedType.MULTI_CPU; mpi only where torch was built with it), nccl for CUDA
+    GPUs, each process bound to the GPU of its LOCAL_RANK (accelerate 1.16,
+    `PartialState._prepare_backend`); PyTorch's own rule of thumb is the same (torch.distributed
+    docs, "Which backend to use?": NCCL for GPU training, Gloo for CPU training). The Trainer
+    reuses this group later: accelerate calls `init_process_group` only when none exists.
+    """
+    if not ranks.distributed:
+        return
+    from accelerate import PartialState
+
+    PartialState(cpu=plan.device == "cpu", timeout=PROCESS_GROUP_TIMEOUT)
+
+
+def stop_process_group(ranks: Ranks) -> None:
+    import torch.distributed as dist
+
+    if ranks.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class MainProcessFailed(SystemExit):
+    """Raised on the other ranks when rank 0 failed at a step they were waiting for."""
+
+
+def share_from_main(ranks: Ranks, compute: Callable[[], T]) -> T:
+    """`compute()` on the main process only, its value on every rank.
+
+    The other ranks wait for it (a barrier that carries a value). When it fails on rank 0 they
+    are told and stop too, instead of waiting for the process group's timeout.
+    """
+    if not ranks.distributed:
+        return compute()
+    import torch.distributed as dist
+
+    if ranks.is_main:
+        try:
+            value = compute()
+        except Exception as exc:
+            dist.broadcast_object_list([("failed", f"{type(exc).__name__}: {exc}")], src=0)
+            raise
+        dist.broadcast_object_list([("ok", value)], src=0)
+        return value
+    box: list[Any] = [None]
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status != "ok":
+        raise MainProcessFailed(f"{ranks.describe()}: stopping, rank 0 failed: {value}")
+    return value
+
+
+@contextmanager
+def main_process_first(ranks: Ranks) -> Iterator[None]:
+    """Rank 0 runs the block first (filling a cache), then the other ranks."""
+    if not ranks.distributed:
+        yield
+        return
+    import torch.distributed as dist
+
+    if not ranks.is_main:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if ranks.is_main:
+            dist.barrier()
+
+
+def torch_dtype(precision: str):  # -> torch.dtype
     import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def load_model_and_tokenizer(base_model: str, hp: Hyperparameters, plan: DevicePlan):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[plan.precision]
+    dtype = torch_dtype(plan.precision)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     tokenizer.model_max_length = hp.max_length
     if tokenizer.pad_token is None:
@@ -320,15 +514,25 @@ def build_trainer(
     model: Any,
     tokenizer: Any,
     callbacks: Sequence[Any] = (),
+    ranks: Ranks | None = None,
 ):  # -> trl.SFTTrainer
-    """TRL's SFTTrainer over the job's train and eval files, batches as `hp` says."""
+    """TRL's SFTTrainer over the job's train and eval files, batches as `hp` says.
+
+    With several ranks each one reads both files (rank 0 first: it fills the datasets cache);
+    the Trainer gives each rank its own shard of every batch.
+    """
     from trl import SFTTrainer
 
+    ranks = Ranks.from_environ() if ranks is None else ranks
+    args = build_sft_config(run, hp, plan, checkpoints_dir, ranks=ranks)
+    with main_process_first(ranks):
+        train_dataset = load_chat_split(job.train_file)
+        eval_dataset = load_chat_split(job.eval_file)
     trainer = SFTTrainer(
         model=model,
-        args=build_sft_config(run, hp, plan, checkpoints_dir),
-        train_dataset=load_chat_split(job.train_file),
-        eval_dataset=load_chat_split(job.eval_file),
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=lora_config(hp) if hp.method == "lora" else None,
         callbacks=list(callbacks),
@@ -385,8 +589,10 @@ def make_progress_callback(mlflow_active: bool):
             now = time.monotonic()
             if "num_tokens" in logs:
                 # Also in the Trainer's closing log line (train_runtime...), which counts the
-                # steps after the last logging step.
+                # steps after the last logging step. TRL gathers it over all the ranks.
                 self.num_tokens = max(self.num_tokens, float(logs["num_tokens"]))
+            if not state.is_world_process_zero:
+                return  # one progress line and one MLflow series per run, from rank 0
             if "loss" in logs:
                 tokens = float(logs.get("num_tokens", 0.0))
                 rate = (tokens - self.last_tokens) / max(now - self.last_time, 1e-9)
@@ -547,19 +753,27 @@ def write_loss_curves(
 
 
 def main(job: JobArguments, run: RunOptions, hp: Hyperparameters) -> dict[str, Any]:
-    """Fine-tune, evaluate, save the MLflow model and metrics.json; return the metrics."""
+    """Fine-tune, evaluate, save the MLflow model and metrics.json; return the metrics.
+
+    Every rank of a distributed run calls it and gets the same metrics back; only rank 0
+    writes (see the module's docstring).
+    """
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
     )
+    ranks = Ranks.from_environ()
     output_dir = Path(job.model_output_dir)
     config_hash = hp.config_hash()
+    # Read by every rank on its own (no rank waits on another to leave): nothing writes
+    # metrics.json while a run of the same output is training.
     done = finished_metrics(output_dir, config_hash)
     if done is not None:
-        print(
-            f"{output_dir} already holds a model trained with config {config_hash[:12]}: "
-            "nothing to do",
-            flush=True,
-        )
+        if ranks.is_main:
+            print(
+                f"{output_dir} already holds a model trained with config {config_hash[:12]}: "
+                "nothing to do",
+                flush=True,
+            )
         return done
 
     probe = probe_gpu()
@@ -573,23 +787,31 @@ def main(job: JobArguments, run: RunOptions, hp: Hyperparameters) -> dict[str, A
         bf16_supported=probe.bf16_supported,
         found=probe.describe(),
     )
+    sharding_arguments(run, hp, plan, ranks)  # a run that cannot shard stops here, in seconds
+    start_process_group(ranks, plan)
     if run.torch_threads > 0:
         import torch
 
         torch.set_num_threads(run.torch_threads)
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoints_dir = output_dir / CHECKPOINTS_DIR
-    resume_from = last_checkpoint(checkpoints_dir)
+    # Rank 0 chooses (discarding a checkpoint killed while being saved); all resume from it.
+    resume_from = share_from_main(ranks, lambda: last_checkpoint(checkpoints_dir))
 
-    print(
-        f"fine-tuning {job.base_model} ({hp.method}, {plan.precision} on {plan.device}, "
-        f"{hp.attn_implementation} attention, config {config_hash[:12]})",
-        flush=True,
-    )
+    if ranks.is_main:
+        processes = f", {ranks.world_size} processes" if ranks.distributed else ""
+        sharded = ", FSDP" if run.sharding == "fsdp" else ""
+        print(
+            f"fine-tuning {job.base_model} ({hp.method}, {plan.precision} on {plan.device}"
+            f"{processes}{sharded}, {hp.attn_implementation} attention, config "
+            f"{config_hash[:12]})",
+            flush=True,
+        )
     model, tokenizer = load_model_and_tokenizer(job.base_model, hp, plan)
 
     tracking_uri = job.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow_run_id = _start_mlflow_run(job, hp, tracking_uri)
+    # One MLflow run per training attempt, not one per rank: only rank 0 logs.
+    mlflow_run_id = _start_mlflow_run(job, hp, tracking_uri) if ranks.is_main else None
     progress = make_progress_callback(mlflow_active=mlflow_run_id is not None)
     try:
         trainer = build_trainer(
@@ -601,61 +823,72 @@ def main(job: JobArguments, run: RunOptions, hp: Hyperparameters) -> dict[str, A
             model=model,
             tokenizer=tokenizer,
             callbacks=[progress],
+            ranks=ranks,
         )
-        eval_before = _eval_before_training(trainer, run, checkpoints_dir, resume_from)
+        eval_before = _eval_before_training(trainer, run, checkpoints_dir, resume_from, ranks)
 
         if resume_from:
-            print(f"resuming from {resume_from}", flush=True)
+            print(f"{ranks.describe()}: resuming from {resume_from}", flush=True)
         started = time.monotonic()
         train_result = trainer.train(resume_from_checkpoint=resume_from)
         train_seconds = time.monotonic() - started
-        eval_metrics = trainer.evaluate()
+        eval_metrics = trainer.evaluate()  # every rank: the eval set is sharded too
+        final_model = gather_trained_model(trainer, hp, plan, output_dir)
 
-        final_model: Any = trainer.model
-        if hp.method == "lora":
-            final_model = final_model.merge_and_unload()
-        final_model.config.use_cache = True  # serving wants the KV cache back
-        save_mlflow_model(final_model, tokenizer, output_dir / MLFLOW_MODEL_DIR)
+        def write_outputs() -> dict[str, Any]:
+            """Rank 0 only: the MLflow model, the loss curve, the MLflow run, metrics.json."""
+            final_model.config.use_cache = True  # serving wants the KV cache back
+            save_mlflow_model(final_model, tokenizer, output_dir / MLFLOW_MODEL_DIR)
+            shutil.rmtree(output_dir / FSDP_GATHERED_DIR, ignore_errors=True)
 
-        # Tokens since this process started (a resumed run counts only its own part).
-        train_tokens = progress.num_tokens - progress.tokens_at_start
-        metrics = {
-            "base_model": job.base_model,
-            # the served model's size: the serving plan sizes its timeouts by it
-            "model_parameters": sum(p.numel() for p in final_model.parameters()),
-            "config_hash": config_hash,
-            "hyperparameters": asdict(hp),
-            "device": plan.device,
-            "precision": plan.precision,
-            "train_loss": train_result.training_loss,
-            "eval_loss": eval_metrics.get("eval_loss"),
-            "eval_loss_before": eval_before,
-            "global_step": trainer.state.global_step,
-            "epochs": trainer.state.epoch,
-            "train_tokens": train_tokens,
-            "real_tokens_per_second": train_tokens / train_seconds if train_seconds > 0 else None,
-            "train_seconds": round(train_seconds, 3),
-            "resumed_from_step": _checkpoint_step(resume_from),
-            "train_file_sha256": file_sha256(job.train_file),
-            "eval_file_sha256": file_sha256(job.eval_file),
-            "mlflow_run_id": mlflow_run_id,
-        }
-        try:
-            curves = write_loss_curves(
-                trainer.state.log_history,
-                eval_before,
-                output_dir / LOSS_CURVES_FILE,
-                title=f"fine-tuning {Path(job.base_model).name} ({hp.method}, config "
-                f"{config_hash[:12]})",
+            # Tokens since this process started (a resumed run counts only its own part).
+            train_tokens = progress.num_tokens - progress.tokens_at_start
+            metrics = {
+                "base_model": job.base_model,
+                # the served model's size: the serving plan sizes its timeouts by it
+                "model_parameters": sum(p.numel() for p in final_model.parameters()),
+                "config_hash": config_hash,
+                "hyperparameters": asdict(hp),
+                "device": plan.device,
+                "precision": plan.precision,
+                "world_size": ranks.world_size,
+                "sharding": run.sharding,
+                "train_loss": train_result.training_loss,
+                "eval_loss": eval_metrics.get("eval_loss"),
+                "eval_loss_before": eval_before,
+                "global_step": trainer.state.global_step,
+                "epochs": trainer.state.epoch,
+                "train_tokens": train_tokens,
+                "real_tokens_per_second": (
+                    train_tokens / train_seconds if train_seconds > 0 else None
+                ),
+                "train_seconds": round(train_seconds, 3),
+                "resumed_from_step": _checkpoint_step(resume_from),
+                "train_file_sha256": file_sha256(job.train_file),
+                "eval_file_sha256": file_sha256(job.eval_file),
+                "mlflow_run_id": mlflow_run_id,
+            }
+            try:
+                curves = write_loss_curves(
+                    trainer.state.log_history,
+                    eval_before,
+                    output_dir / LOSS_CURVES_FILE,
+                    title=f"fine-tuning {Path(job.base_model).name} ({hp.method}, config "
+                    f"{config_hash[:12]})",
+                )
+            except Exception as exc:  # a picture never fails a finished training run
+                print(f"no loss curve picture: {type(exc).__name__}: {exc}", flush=True)
+                curves = None
+            metrics["loss_curves"] = curves.name if curves is not None else None
+            metrics["loss_curves_artifact_uri"] = _finish_mlflow_run(
+                mlflow_run_id, metrics, artifact=curves
             )
-        except Exception as exc:  # a picture never fails a finished training run
-            print(f"no loss curve picture: {type(exc).__name__}: {exc}", flush=True)
-            curves = None
-        metrics["loss_curves"] = curves.name if curves is not None else None
-        metrics["loss_curves_artifact_uri"] = _finish_mlflow_run(
-            mlflow_run_id, metrics, artifact=curves
-        )
-        write_json_atomically(output_dir / METRICS_FILE, metrics)
+            write_json_atomically(output_dir / METRICS_FILE, metrics)
+            return metrics
+
+        # The other ranks wait until rank 0 has written everything: a job's next step
+        # (`serving.evaluate`) must not start on a model that is still being saved.
+        metrics = share_from_main(ranks, write_outputs)
     except BaseException:
         if mlflow_run_id is not None:
             import mlflow
@@ -663,16 +896,45 @@ def main(job: JobArguments, run: RunOptions, hp: Hyperparameters) -> dict[str, A
             mlflow.end_run(status="FAILED")
         raise
 
-    if not run.keep_checkpoints:
+    # After the wait above: every rank is past training, no one reads a checkpoint any more.
+    if ranks.is_main and not run.keep_checkpoints:
         shutil.rmtree(checkpoints_dir, ignore_errors=True)
-    print(
-        f"done in {format_duration(metrics['train_seconds'])}: eval loss "
-        f"{_fmt(eval_before)} -> {_fmt(metrics['eval_loss'])}, "
-        f"{_fmt(metrics['real_tokens_per_second'], '{:,.0f}')} real tokens/s; "
-        f"model in {output_dir / MLFLOW_MODEL_DIR}",
-        flush=True,
-    )
+    stop_process_group(ranks)
+    if ranks.is_main:
+        print(
+            f"done in {format_duration(metrics['train_seconds'])}: eval loss "
+            f"{_fmt(eval_before)} -> {_fmt(metrics['eval_loss'])}, "
+            f"{_fmt(metrics['real_tokens_per_second'], '{:,.0f}')} real tokens/s; "
+            f"model in {output_dir / MLFLOW_MODEL_DIR}",
+            flush=True,
+        )
     return metrics
+
+
+def gather_trained_model(
+    trainer: Any, hp: Hyperparameters, plan: DevicePlan, output_dir: Path
+) -> Any:
+    """The trained model, whole, on rank 0 (None on the other ranks); every rank calls it.
+
+    Data parallel: every rank holds a whole copy; rank 0's is used (LoRA merged into it). FSDP:
+    every rank holds a shard; `Trainer.save_model` gathers the full state dict (a collective,
+    FULL_STATE_DICT) and rank 0 writes it to a staging folder, from which it loads the model
+    back whole, on the CPU.
+    """
+    if getattr(trainer, "is_fsdp_enabled", False):
+        staging = output_dir / FSDP_GATHERED_DIR
+        trainer.save_model(str(staging))
+        if not trainer.is_world_process_zero():
+            return None
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(
+            staging, dtype=torch_dtype(plan.precision), attn_implementation=hp.attn_implementation
+        )
+    if not trainer.is_world_process_zero():
+        return None
+    model = trainer.model  # the model itself, not its DistributedDataParallel wrapper
+    return model.merge_and_unload() if hp.method == "lora" else model
 
 
 def _fmt(value: float | None, spec: str = "{:.4f}") -> str:
@@ -684,18 +946,34 @@ def _checkpoint_step(checkpoint: str | None) -> int | None:
 
 
 def _eval_before_training(
-    trainer: Any, run: RunOptions, checkpoints_dir: Path, resume_from: str | None
+    trainer: Any,
+    run: RunOptions,
+    checkpoints_dir: Path,
+    resume_from: str | None,
+    ranks: Ranks | None = None,
 ) -> float | None:
-    """Eval loss of the base model; computed once and kept beside the checkpoints for resume."""
+    """Eval loss of the base model; computed once and kept beside the checkpoints for resume.
+
+    Every rank evaluates (its shard; the loss is gathered over all of them); rank 0 keeps it.
+    """
     if not run.eval_before_training:
         return None
+    ranks = Ranks() if ranks is None else ranks
     cached = checkpoints_dir / "eval_before.json"
-    if resume_from and cached.is_file():
-        return float(json.loads(cached.read_text())["eval_loss"])
+
+    def read_cached() -> float | None:
+        if resume_from and cached.is_file():
+            return float(json.loads(cached.read_text())["eval_loss"])
+        return None
+
+    kept = share_from_main(ranks, read_cached)
+    if kept is not None:
+        return kept
     loss = float(trainer.evaluate(metric_key_prefix="eval")["eval_loss"])
-    checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps({"eval_loss": loss}) + "\n")
-    print(f"eval loss before training: {loss:.4f}", flush=True)
+    if ranks.is_main:
+        checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps({"eval_loss": loss}) + "\n")
+        print(f"eval loss before training: {loss:.4f}", flush=True)
     return loss
 
 
