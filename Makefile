@@ -16,6 +16,8 @@ LOCK ?= $(if $(CONSTRAINTS),requirements.lock,)
 LOCK_ARGS ?=
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-m 'not slow'"`.
 PYTEST_ARGS ?=
+# Extra bench.rehearsal arguments, e.g. `make rehearsal REHEARSAL_ARGS="--layers 2"`.
+REHEARSAL_ARGS ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -36,7 +38,7 @@ PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --
 BROWSER_VENV := .venv-browser
 BROWSER_STAMP := $(BROWSER_VENV)/.installed
 
-.PHONY: install lock install-browser demo test test-fast lint typecheck check clean-state help
+.PHONY: install lock install-browser demo rehearsal test test-fast lint typecheck check clean-state help
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -90,6 +92,9 @@ $(BROWSER_STAMP): tests/promptflow/requirements-browser.txt
 
 demo: install  ## run the full local pipeline on the embedded default (tiny Phi-3, synthetic chat data)
 	$(BIN)/finetune-phi demo
+
+rehearsal: install  ## the whole flow at Phi-3.5-mini's real size on this machine (docs/rehearsal.md)
+	$(BIN)/python -m bench.rehearsal $(REHEARSAL_ARGS)
 
 # pytest exits 5 when it collected no tests (a wrong path, a broken conftest, a -k that matches
 # nothing): that is a broken suite, never a pass, so it fails here with its own message.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,19 @@ class Usage:
         return self.peak_rss / 1e9
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """One sample: the run's resident memory at that moment (in all, and by process kind) and
+    the CPU seconds of every process seen so far. A caller that keeps them (`on_sample`) can
+    tell what each stage of a run cost from the moments it started and ended."""
+
+    at: float  # time.time()
+    rss: int
+    rss_by_name: dict[str, int]
+    cpu_seconds: float
+    cpu_seconds_by_name: dict[str, float] = field(default_factory=dict)
+
+
 def _kind(process: psutil.Process) -> str:
     """A short name for a process of the run: the module it runs, else its executable."""
     try:
@@ -51,14 +64,22 @@ def _kind(process: psutil.Process) -> str:
 
 class ResourceMeter:
     """Samples the run's processes every `interval` seconds on a thread, from `start()` to
-    `stop()`; `usage` holds the figures so far."""
+    `stop()`; `usage` holds the figures so far. `on_sample` is called with each `Snapshot`
+    (on the sampling thread)."""
 
-    def __init__(self, marker: str | None = None, interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        marker: str | None = None,
+        interval: float = 0.5,
+        on_sample: Callable[[Snapshot], None] | None = None,
+    ) -> None:
         self.marker = marker
         self.interval = interval
+        self.on_sample = on_sample
         self.usage = Usage()
         self._root = psutil.Process(os.getpid())
         self._cpu: dict[tuple[int, float], float] = {}  # (pid, create_time) -> cpu seconds
+        self._names: dict[tuple[int, float], str] = {}  # (pid, create_time) -> its kind
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = 0.0
@@ -77,7 +98,7 @@ class ResourceMeter:
                     found.setdefault(process.pid, process)
         return list(found.values())
 
-    def sample(self) -> None:
+    def sample(self) -> Snapshot:
         total, by_name = 0, dict[str, int]()
         for process in self.processes():
             try:
@@ -91,6 +112,8 @@ class ResourceMeter:
             name = _kind(process)
             by_name[name] = by_name.get(name, 0) + rss
             self._cpu[key] = times.user + times.system
+            if name != "?" or key not in self._names:  # an exiting process reads as "?"
+                self._names[key] = name
         usage = self.usage
         usage.samples += 1
         if total > usage.peak_rss:
@@ -99,6 +122,13 @@ class ResourceMeter:
             usage.peak_rss_by_name[name] = max(usage.peak_rss_by_name.get(name, 0), rss)
         usage.cpu_seconds = sum(self._cpu.values())
         usage.wall_seconds = time.monotonic() - self._started
+        cpu_by_name: dict[str, float] = {}
+        for key, seconds in self._cpu.items():
+            cpu_by_name[self._names[key]] = cpu_by_name.get(self._names[key], 0.0) + seconds
+        snapshot = Snapshot(time.time(), total, by_name, usage.cpu_seconds, cpu_by_name)
+        if self.on_sample is not None:
+            self.on_sample(snapshot)
+        return snapshot
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -120,8 +150,12 @@ class ResourceMeter:
 
 
 @contextmanager
-def metered(marker: str | None = None, interval: float = 0.5) -> Iterator[ResourceMeter]:
-    meter = ResourceMeter(marker, interval).start()
+def metered(
+    marker: str | None = None,
+    interval: float = 0.5,
+    on_sample: Callable[[Snapshot], None] | None = None,
+) -> Iterator[ResourceMeter]:
+    meter = ResourceMeter(marker, interval, on_sample).start()
     try:
         yield meter
     finally:

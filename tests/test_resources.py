@@ -7,7 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from finetune_phi.resources import disk_usage, metered
+import pytest
+
+from finetune_phi.resources import Snapshot, disk_usage, metered
 
 HOLD = "import time; x = bytearray({size}); time.sleep({seconds})"
 
@@ -43,3 +45,21 @@ def test_a_process_named_by_the_marker_counts_though_not_a_child(tmp_path: Path)
 def test_disk_usage_counts_bytes(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"x" * 100_000)
     assert 100_000 <= disk_usage(tmp_path) < 200_000
+
+
+def test_each_sample_is_handed_over_with_memory_and_cpu_by_process_kind() -> None:
+    seen: list[Snapshot] = []
+    size = 200_000_000
+    with metered(interval=0.05, on_sample=seen.append) as meter:
+        child = subprocess.Popen([sys.executable, "-c", HOLD.format(size=size, seconds=1)])
+        child.wait()
+    usage = meter.usage
+    assert len(seen) == usage.samples > 5
+    assert [s.at for s in seen] == sorted(s.at for s in seen)
+    assert max(s.rss for s in seen) == usage.peak_rss
+    last = seen[-1]
+    assert last.cpu_seconds == usage.cpu_seconds
+    assert sum(last.cpu_seconds_by_name.values()) == pytest.approx(last.cpu_seconds)
+    # The child shows up under its own kind while it holds its memory.
+    child_kinds = {name for s in seen for name in s.rss_by_name if name.startswith("python")}
+    assert any(s.rss_by_name.get(kind, 0) >= size * 0.9 for s in seen for kind in child_kinds)
