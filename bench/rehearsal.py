@@ -299,6 +299,7 @@ class Timeline:
                     line = {
                         "seconds": round(snapshot.at - since, 2),
                         "rss_gb": round(snapshot.rss / GB, 3),
+                        "anon_gb": round(snapshot.anon / GB, 3),
                         "rss_gb_by_process": {
                             name: round(rss / GB, 3) for name, rss in snapshot.rss_by_name.items()
                         },
@@ -335,6 +336,7 @@ class Timeline:
                 for name, rss in snapshot.rss_by_name.items():
                     by_name[name] = max(by_name.get(name, 0), rss)
             sizes = [s.rss_by_name[kind] if kind else s.rss for s in inside]
+            private = [s.anon_by_name.get(kind, 0) if kind else s.anon for s in inside]
             wall = end - start
             if kind is not None:
                 wall = inside[-1].at - inside[0].at + SAMPLE_SECONDS if inside else 0.0
@@ -342,6 +344,7 @@ class Timeline:
             "wall_seconds": round(wall, 1),
             "cpu_seconds": round(max(0.0, cpu_at(end) - cpu_at(start)), 1),
             "peak_rss_gb": round(max(sizes) / GB, 2) if sizes else None,
+            "peak_anon_gb": round(max(private) / GB, 2) if private else None,
             "peak_rss_by_process_gb": {
                 name: round(size / GB, 2)
                 for name, size in sorted(by_name.items(), key=lambda item: -item[1])
@@ -536,8 +539,9 @@ def problems_of(report: dict[str, Any], limits: dict[str, float]) -> list[str]:
 
 def table(stages: Sequence[dict[str, Any]]) -> str:
     lines = [
-        "| stage | wall s | CPU s | peak RSS GB | state folder GB | biggest processes (GB) |",
-        "|---|---|---|---|---|---|",
+        "| stage | wall s | CPU s | peak RSS GB | anonymous GB | state folder GB "
+        "| biggest processes (RSS GB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for stage in stages:
         biggest = ", ".join(
@@ -545,9 +549,10 @@ def table(stages: Sequence[dict[str, Any]]) -> str:
         )
         name = stage["name"] + (f" ({stage['note']})" if stage["note"] else "")
         peak = "" if stage["peak_rss_gb"] is None else f"{stage['peak_rss_gb']:.2f}"
+        anon = "" if stage["peak_anon_gb"] is None else f"{stage['peak_anon_gb']:.2f}"
         lines.append(
             f"| {name} | {stage['wall_seconds']:.1f} | {stage['cpu_seconds']:.1f} | "
-            f"{peak} | {stage['state_disk_gb']:.2f} | {biggest} |"
+            f"{peak} | {anon} | {stage['state_disk_gb']:.2f} | {biggest} |"
         )
     return "\n".join(lines)
 
@@ -621,6 +626,7 @@ def rehearse(args: argparse.Namespace) -> int:
         "wall_seconds": round(ended - begun, 1),
         "cpu_seconds": round(usage.cpu_seconds, 1),
         "peak_rss_gb": round(usage.peak_rss / GB, 2),
+        "peak_anon_gb": round(usage.peak_anon / GB, 2),
         "peak_rss_by_process_gb": {
             name: round(rss / GB, 2)
             for name, rss in sorted(usage.peak_rss_by_name.items(), key=lambda item: -item[1])
@@ -646,6 +652,11 @@ def rehearse(args: argparse.Namespace) -> int:
         f"\ninputs: {inputs.model_dir.name} and {inputs.dataset_dir.name}, "
         f"{report['inputs']['disk_gb']:.1f} GB, ready in {inputs_seconds:.0f} s; "
         f"report: {args.report}"
+    )
+    print(
+        f"peak anonymous memory {totals['peak_anon_gb']:.1f} GB (the peak RSS less the pages of "
+        "files the processes map, e.g. safetensors shards while a model loads: the kernel "
+        "can drop those)"
     )
     for problem in report["problems"]:
         print(f"FAILED: {problem}")

@@ -23,10 +23,16 @@ import psutil
 @dataclass
 class Usage:
     """What the sampler saw. `peak_rss` is the largest sum of resident memory over the run's
-    processes at one moment; `cpu_seconds` the user + system time of every process seen."""
+    processes at one moment; `cpu_seconds` the user + system time of every process seen.
+
+    `peak_anon` is the same for anonymous memory alone (resident, not backed by a file): RSS
+    also counts the pages of files a process maps, such as a model's safetensors while
+    `from_pretrained` reads them, which the kernel drops when memory runs short; anonymous
+    memory it cannot drop (there is no swap here)."""
 
     peak_rss: int = 0
     peak_rss_by_name: dict[str, int] = field(default_factory=dict)
+    peak_anon: int = 0
     cpu_seconds: float = 0.0
     samples: int = 0
     wall_seconds: float = 0.0
@@ -47,6 +53,8 @@ class Snapshot:
     rss_by_name: dict[str, int]
     cpu_seconds: float
     cpu_seconds_by_name: dict[str, float] = field(default_factory=dict)
+    anon: int = 0  # resident memory not backed by a file (see `Usage`)
+    anon_by_name: dict[str, int] = field(default_factory=dict)
 
 
 def _kind(process: psutil.Process) -> str:
@@ -100,24 +108,30 @@ class ResourceMeter:
 
     def sample(self) -> Snapshot:
         total, by_name = 0, dict[str, int]()
+        anon, anon_by_name = 0, dict[str, int]()
         for process in self.processes():
             try:
                 with process.oneshot():
-                    rss = process.memory_info().rss
+                    memory = process.memory_info()
                     times = process.cpu_times()
                     key = (process.pid, process.create_time())
             except (psutil.Error, OSError):
                 continue
+            rss = memory.rss
+            # Linux: `shared` is the resident pages backed by a file (or shared memory).
+            private = max(0, rss - getattr(memory, "shared", 0))
             total += rss
+            anon += private
             name = _kind(process)
             by_name[name] = by_name.get(name, 0) + rss
+            anon_by_name[name] = anon_by_name.get(name, 0) + private
             self._cpu[key] = times.user + times.system
             if name != "?" or key not in self._names:  # an exiting process reads as "?"
                 self._names[key] = name
         usage = self.usage
         usage.samples += 1
-        if total > usage.peak_rss:
-            usage.peak_rss = total
+        usage.peak_rss = max(usage.peak_rss, total)
+        usage.peak_anon = max(usage.peak_anon, anon)
         for name, rss in by_name.items():
             usage.peak_rss_by_name[name] = max(usage.peak_rss_by_name.get(name, 0), rss)
         usage.cpu_seconds = sum(self._cpu.values())
@@ -125,7 +139,9 @@ class ResourceMeter:
         cpu_by_name: dict[str, float] = {}
         for key, seconds in self._cpu.items():
             cpu_by_name[self._names[key]] = cpu_by_name.get(self._names[key], 0.0) + seconds
-        snapshot = Snapshot(time.time(), total, by_name, usage.cpu_seconds, cpu_by_name)
+        snapshot = Snapshot(
+            time.time(), total, by_name, usage.cpu_seconds, cpu_by_name, anon, anon_by_name
+        )
         if self.on_sample is not None:
             self.on_sample(snapshot)
         return snapshot

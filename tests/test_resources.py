@@ -57,6 +57,10 @@ def test_each_sample_is_handed_over_with_memory_and_cpu_by_process_kind() -> Non
     assert len(seen) == usage.samples > 5
     assert [s.at for s in seen] == sorted(s.at for s in seen)
     assert max(s.rss for s in seen) == usage.peak_rss
+    assert max(s.anon for s in seen) == usage.peak_anon
+    # The child's bytearray is anonymous memory; RSS also counts mapped files (libraries).
+    assert all(0 < s.anon <= s.rss for s in seen)
+    assert usage.peak_anon >= size
     last = seen[-1]
     assert last.cpu_seconds == usage.cpu_seconds
     assert sum(last.cpu_seconds_by_name.values()) == pytest.approx(last.cpu_seconds)
