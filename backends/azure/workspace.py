@@ -15,15 +15,19 @@ What maps to what (the local backend's behaviour, Azure's way):
   create, is re-attached to (a retried submission whose first PUT did reach Azure finds it);
 - logs: the job's `user_logs/std_log.txt` (rank 0's `std_log_process_0.txt` for several
   processes) in the workspace artifact store, read from the offset already seen, while the
-  status is polled with backoff; a log that cannot be read is said once, not fatal;
+  status is polled with backoff; a log that cannot be read is said once, not fatal; a job
+  that failed before it ran (its environment's image build failed) is reported with the
+  build log's last lines (`azureml-logs/20_image_build_log.txt`);
 - registry: workspace models; a version is tagged `job_name` (registration is idempotent per
   job). The workspace registry has no MLflow-style aliases, so an alias is a version tag
   `alias.<name>=true`: setting it tags the new version first, then untags the others (an
   interrupted move leaves two tagged versions; the highest wins and the next move cleans up);
 - endpoints: get-or-create a key-auth managed online endpoint, never deleted here; deployments
   run serving/score.py on the inference environment; traffic and mirror traffic are set in one
-  endpoint update and read back; `invoke` POSTs to the scoring URI with the key and, for a
-  direct call, the `azureml-model-deployment` header.
+  endpoint update and read back; an update the service refuses with 409 because the endpoint
+  or deployment is busy (Creating/Updating) is tried again a bounded number of times; `invoke`
+  POSTs to the scoring URI with the key and, for a direct call, the
+  `azureml-model-deployment` header.
 
 Every Azure call goes through `errors.azure_call`, which turns failures into WorkspaceError /
 NotFound / RuleViolation with `transient` decided in one place.
@@ -37,7 +41,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 
@@ -84,6 +88,16 @@ STREAM_STOP_STATES = frozenset({*RETRYABLE_JOB_STATES, JobStatus.COMPLETED, JobS
 KEY_CACHE_SECONDS = 300.0
 LOG_TAIL_LINES = 30
 MAX_POLL_ERRORS = 5  # consecutive transient errors a log stream tolerates
+# Where the service leaves a job's image build log (the file the run's error names when the
+# build fails: "Image build failed. For more details, check log file azureml-logs/...").
+IMAGE_BUILD_LOG = "azureml-logs/20_image_build_log.txt"
+# An endpoint or deployment being changed by another operation (Creating/Updating) refuses
+# updates with 409 until that ends: traffic and deployment updates wait and try again, this
+# many times at most, waiting BUSY_WAIT_SECONDS x attempt (60 s at most) in between.
+BUSY_RETRIES = 8
+BUSY_WAIT_SECONDS = 15.0
+
+_T = TypeVar("_T")
 
 
 def _alias_tag(alias: str) -> str:
@@ -343,6 +357,14 @@ class AzureJobs(_AzurePart):
             error = f"job {job.name} {verb} {status.value}; see {studio}" + (
                 f"\nlast log lines:\n{tail}" if tail else ""
             )
+            failed_early = status is JobStatus.FAILED and with_details and not tail
+            build = self._image_build_failure(job) if failed_early else None
+            if build:
+                what, build_tail = build
+                error = (
+                    f"job {job.name} ended Failed before it ran: {what}; see {studio}\n"
+                    f"last build log lines:\n{build_tail}"
+                )
         return JobRecord(
             name=job.name,
             status=status,
@@ -476,6 +498,26 @@ class AzureJobs(_AzurePart):
             return ""
         text = (data or b"").decode(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+    def _image_build_failure(self, job: Any) -> tuple[str, str] | None:
+        """What to say, and the build log's last lines, when a failed job never ran because
+        its environment's image could not be built: no user log, and the build log in its
+        artifact folder (a job that ran has a user log, whether or not a build log is there
+        too). None otherwise."""
+        blob = f"ExperimentRun/dcid.{job.name}/{IMAGE_BUILD_LOG}"
+        try:
+            data = self._datastore_blob(ARTIFACT_DATASTORE, blob)
+        except WorkspaceError:
+            return None
+        if data is None:
+            return None
+        lines = data.decode(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        environment = getattr(job, "environment", None) or "of the job"
+        return (
+            f"the image of environment {environment} could not be built (its conda/pip "
+            f"spec is the usual cause); build log: {ARTIFACT_DATASTORE}/{blob}",
+            "\n".join(lines),
+        )
 
     def stream_job_logs(self, name: str, *, follow: bool = True) -> Iterator[str]:
         """The job's log lines, then (with `follow`) new ones as they come, until the job
@@ -800,7 +842,8 @@ class AzureEndpoints(_AzurePart):
 
     def create_or_update_deployment(self, spec: DeploymentSpec) -> DeploymentInfo:
         """Create or update the deployment and wait for provisioning to end. Ready means
-        provisioning Succeeded: Azure only reports that once the readiness probe passed."""
+        provisioning Succeeded: Azure only reports that once the readiness probe passed. A
+        deployment or endpoint busy with another operation (409) is waited for."""
         from backends.local.endpoint.rules import validate_name
 
         validate_name("deployment", spec.name)
@@ -812,11 +855,13 @@ class AzureEndpoints(_AzurePart):
             settings=self.settings,
         )
         what = f"deploy {spec.model.name}:{spec.model.version} as {spec.endpoint}/{spec.name}"
-        try:
+
+        def put() -> Any:
             with azure_call(what, rules=True):
-                result = self.ml_client.online_deployments.begin_create_or_update(
-                    deployment
-                ).result()
+                return self.ml_client.online_deployments.begin_create_or_update(deployment).result()
+
+        try:
+            result = self._while_busy(what, put)
         except WorkspaceError as exc:
             if isinstance(exc, RuleViolation) or exc.transient:
                 raise
@@ -826,6 +871,29 @@ class AzureEndpoints(_AzurePart):
                 status=status_of(exc),
             ) from exc
         return self._deployment_info(spec.endpoint, result)
+
+    def _while_busy(self, what: str, call: Callable[[], _T]) -> _T:
+        """`call()`, tried again while the service answers 409 because the endpoint or the
+        deployment is busy with another operation (Creating/Updating: a rollout from another
+        run, a scale-out, a portal edit); BUSY_RETRIES tries, then a transient error."""
+        for attempt in range(1, BUSY_RETRIES + 1):
+            try:
+                return call()
+            except AzureWorkspaceError as exc:
+                if exc.status != 409 or isinstance(exc, RuleViolation):
+                    raise
+                if attempt == BUSY_RETRIES:
+                    raise AzureWorkspaceError(
+                        f"{exc}; still refused after {BUSY_RETRIES} tries: another operation "
+                        "on it has not ended, try again later",
+                        transient=True,
+                        status=409,
+                        code=exc.code,
+                    ) from exc
+                wait = min(BUSY_WAIT_SECONDS * attempt, 60.0)
+                log.warning("%s: busy (409), trying again in %.0f s: %s", what, wait, exc)
+                self._sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _safe_logs(self, endpoint: str, name: str) -> str:
         try:
@@ -872,12 +940,18 @@ class AzureEndpoints(_AzurePart):
 
     def set_traffic(self, endpoint: str, state: TrafficState) -> TrafficState:
         """Both maps in one endpoint update (Azure checks its rules: RuleViolation), then
-        what Azure reports back."""
-        raw = self._raw_endpoint(endpoint)
-        raw.traffic = {k: int(v) for k, v in state.traffic.items()}
-        raw.mirror_traffic = {k: int(v) for k, v in state.mirror_traffic.items() if v}
-        with azure_call(f"set traffic of {endpoint}", rules=True):
-            self.ml_client.online_endpoints.begin_create_or_update(raw).result()
+        what Azure reports back. An endpoint busy with another operation (409) is waited
+        for (`_while_busy`)."""
+        what = f"set traffic of {endpoint}"
+
+        def put() -> None:
+            raw = self._raw_endpoint(endpoint)  # read again on each try: it may have changed
+            raw.traffic = {k: int(v) for k, v in state.traffic.items()}
+            raw.mirror_traffic = {k: int(v) for k, v in state.mirror_traffic.items() if v}
+            with azure_call(what, rules=True):
+                self.ml_client.online_endpoints.begin_create_or_update(raw).result()
+
+        self._while_busy(what, put)
         return self.get_traffic(endpoint)
 
     def _scoring_target(self, endpoint: str, *, refresh: bool = False) -> tuple[str, str]:

@@ -9,7 +9,15 @@ What it models, with the service's rules:
   datastores (+ listSecrets), online endpoints and deployments, the workspace itself, VM sizes
   and usages of the region;
 - long-running operations the SDK polls: a PUT/DELETE answers 201/202 with an
-  `Azure-AsyncOperation` URL that says InProgress `lro_polls` times, then Succeeded/Failed;
+  `Azure-AsyncOperation` URL that says InProgress (Updating for endpoints and deployments)
+  `lro_polls` times, then Succeeded/Failed; an endpoint's or deployment's PUT also has a
+  `Location` (the resource), a DELETE a `Location` (the operation's result);
+- an endpoint or deployment that is Creating/Updating/Deleting refuses updates (and a
+  deployment cannot be created on an endpoint that is) with 409 until its operation ends;
+  `begin_foreign_update(rel, requests=n)` has another client hold it for n refusals;
+- an environment whose image build fails (`image_build_failures[name] = build log`): a job on
+  it ends Failed while Preparing, with no user log and the build log at
+  `ExperimentRun/dcid.<job>/azureml-logs/20_image_build_log.txt` in the artifact store;
 - jobs move NotStarted -> Starting -> Preparing -> Queued -> Running -> Finalizing -> a final
   state, one step per GET of the job, writing the trainer's log to the artifact store and (on
   Completed) metrics.json + mlflow_model/MLmodel to the job output folder; cancel goes through
@@ -35,9 +43,38 @@ What it models, with the service's rules:
   scoring script) with a canned reply, or with what
   `scorers[deployment]` returns (`canned_scorer(name, answer=...)`: replies of your choice,
   `failing_scorer()`: errors);
+- endpoint names are unique per region across customers: `taken_endpoint_names` are other
+  customers' (creating one is refused), and `resolves(host)` is the region's DNS of
+  scoring hosts (`<endpoint>.<region>.inference.ml.azure.com`), preflight's name check;
 - faults: `inject(method, path_pattern, kind)` makes matching requests fail with 429 (+
   Retry-After), 503, a connection reset (before or after the service acted), 401 or a quota
   error.
+
+Checked against recorded answers of the real service (test_fake_fidelity.py; the fixtures in
+recordings/ keep the shapes and name each recording's repository, path and commit): status
+codes, operation headers, polling answers and the fields of each body, with the fields the
+fake leaves out listed there, each with why. Per resource:
+- online endpoint: azure-sdk-assets python/sdk/ml/azure-ai-ml/tests/recordings/
+  online_services/e2etests/test_online_endpoint.pyTestOnlineEndpointtest_online_endpoint_e2e
+  .json (2026, azure-ai-ml 1.32), and for the traffic update (201, not 200) azure-sdk-for-python
+  sdk/ml/azure-ai-ml/tests/recordings/online_services/e2etests/test_online_deployment.py
+  TestOnlineDeploymenttest_online_deployment.json (2022);
+- online deployment: that same test_online_deployment recording (2022, azure-ai-ml 1.1);
+- endpoint keys and deployment logs: no recording uses key auth; the SDK's REST models
+  (EndpointAuthKeys, DeploymentLogs);
+- command job: azure-sdk-assets .../command_job/e2etests/test_command_job.pyTestCommandJob
+  test_command_job_serverless.json (2026);
+- model version and container: azure-sdk-assets .../model/e2etests/test_model.pyTestModel
+  test_crud_file.json (2026) and azure-sdk-for-python .../model/e2etests/test_model.py
+  TestModeltest_create_autoincrement.json (2022);
+- environment version: azure-sdk-assets .../environment/e2etests/test_environment.py
+  TestEnvironmenttest_environment_get.json (2023) and the test_online_deployment recording;
+- compute: azure-sdk-assets .../compute/e2etests/test_compute.pyTestComputetest_aml_compute_
+  create_and_delete.json (2024);
+- errors: the 404 of test_crud_file ({"error": {"code", "message", ...}}); the busy 409 and
+  its code are assumed (only its message is known, from azure-sdk-for-net#36961); the image
+  build failure's log file is the one the run's error names (a run error quoted in
+  Azure-Samples/mlops-enterprise-template#4).
 """
 
 from __future__ import annotations
@@ -94,6 +131,12 @@ LOCATION_PATH = (
 JOB_PROGRESSION = ("NotStarted", "Starting", "Preparing", "Queued", "Running", "Finalizing")
 # NotResponding is not final in the service: a job can return to Running (or be canceled).
 TERMINAL = {"Completed", "Failed", "Canceled"}
+# An endpoint or deployment in these states is being changed: the service refuses another
+# update with 409 until the running operation ends.
+BUSY_STATES = ("Creating", "Updating", "Deleting")
+# Where a job's image build writes its log, in the job's artifact folder: the file the run's
+# error names ("Image build failed. For more details, check log file azureml-logs/...").
+IMAGE_BUILD_LOG = "azureml-logs/20_image_build_log.txt"
 # VM sizes offered in the fake region: name -> (family, vCPUs, GPUs)
 VM_SIZES = {
     "Standard_NC24ads_A100_v4": ("standardNCADSA100v4Family", 24, 1),
@@ -126,6 +169,10 @@ class Operation:
     on_done: Callable[[], None]
     failure: str | None = None  # error message when the operation ends Failed
     done: bool = False
+    # What a poll says while it runs: "Updating" for endpoints and deployments (their
+    # recordings), "InProgress" for computes and the rest.
+    running: str = "InProgress"
+    resource: str | None = None  # the resource (lower-case rel path) it holds busy
 
 
 @dataclass
@@ -167,6 +214,9 @@ class FakeAzureML:
         self.not_responding_recovers_after: dict[str, int] = {}
         self.scored: list[tuple[str, str]] = []  # (deployment, "live" | "direct" | "mirror")
         self.deployment_failures: dict[str, str] = {}  # deployment name -> provisioning error
+        # environment "name" or "name:version" -> the log of its image build, which fails: a
+        # job on it ends Failed while Preparing, with that log in its artifact folder
+        self.image_build_failures: dict[str, str] = {}
         self.job_outcomes: dict[str, str] = {}  # job name -> final state it reaches
         self.default_job_outcome = "Completed"
         # The compute: runs a job's command line (argv, inputs and outputs as local paths)
@@ -178,6 +228,9 @@ class FakeAzureML:
             "standardESv3Family": (0, 32),
             "standardDSv2Family": (0, 32),
         }
+        # Endpoint names other Azure customers hold in the region (names are unique per
+        # region): their scoring hosts resolve (`resolves`), and creating one is refused.
+        self.taken_endpoint_names: set[str] = set()
         self._add_workspace()
 
     # ------------------------------------------------------------------ wiring
@@ -277,14 +330,23 @@ class FakeAzureML:
         on_done: Callable[[], None],
         failure: str | None = None,
         location: bool = False,
+        *,
+        running: str = "InProgress",
+        resource: str | None = None,
+        resource_url: str | None = None,
     ) -> Any:
         op_id = uuid.uuid4().hex
-        self.operations[op_id] = Operation(self.lro_polls, on_done, failure)
+        self.operations[op_id] = Operation(
+            self.lro_polls, on_done, failure, running=running, resource=resource
+        )
         op_url = f"{ARM}/operations/{op_id}?api-version=2023-04-01-preview"
         # The SDK's poller waits Retry-After (or its 5-30 s default when none or 0 is given).
         headers = {"Azure-AsyncOperation": op_url, "retry-after-ms": self.poll_delay_ms}
-        if location:
+        if location:  # a DELETE's Location: where the operation's result will be
             headers["Location"] = op_url
+        if resource_url:  # an endpoint's or deployment's PUT: Location is the resource
+            headers["Location"] = resource_url
+            headers["x-ms-async-operation-timeout"] = "PT30M"
         if body is None:
             return status, headers, ""
         return self._ok(body, status, headers)
@@ -293,19 +355,70 @@ class FakeAzureML:
         op = self.operations.get(op_id)
         if op is None:
             return _error(404, "NotFound", "no such operation")
+        # The operation status body of the recordings: id, name, startTime, endTime,
+        # percentComplete, status.
+        status = {
+            "id": f"{LOCATION_PATH}/{REGION}/mfeOperationsStatus/{op_id}",
+            "name": op_id,
+            "startTime": _now(),
+            "endTime": "0001-01-01T00:00:00+00:00",
+            "percentComplete": 0.0,
+        }
         if op.polls_left > 0:
             op.polls_left -= 1
             return self._ok(
-                {"status": "InProgress"}, headers={"retry-after-ms": self.poll_delay_ms}
+                {**status, "status": op.running}, headers={"retry-after-ms": self.poll_delay_ms}
             )
+        self._finish(op)
+        status.update(endTime=_now(), percentComplete=100.0)
+        if op.failure:
+            return self._ok(
+                {
+                    **status,
+                    "status": "Failed",
+                    "error": {"code": "DeploymentFailed", "message": op.failure},
+                }
+            )
+        return self._ok({**status, "status": "Succeeded"})
+
+    @staticmethod
+    def _finish(op: Operation) -> None:
         if not op.done:
             op.done = True
             op.on_done()
-        if op.failure:
-            return self._ok(
-                {"status": "Failed", "error": {"code": "DeploymentFailed", "message": op.failure}}
-            )
-        return self._ok({"status": "Succeeded"})
+
+    def _settle(self, rel: str) -> None:
+        """Time passes for the operations holding `rel` busy: each write to a busy resource
+        brings its operations one poll nearer their end (an operation nobody polls, such as
+        another client's or one whose answer was lost, still ends)."""
+        for op in list(self.operations.values()):
+            if op.resource == rel.lower() and not op.done:
+                if op.polls_left > 0:
+                    op.polls_left -= 1
+                else:
+                    self._finish(op)
+
+    def _busy(self, rel: str) -> str | None:
+        """The provisioning state that makes the service refuse an update of `rel` (409:
+        another operation on it is in progress), after `_settle`; None when it is free."""
+        self._settle(rel)
+        found = self._get(rel)
+        state = (found or {}).get("properties", {}).get("provisioningState")
+        return state if state in BUSY_STATES else None
+
+    def begin_foreign_update(self, rel: str, *, requests: int = 2) -> None:
+        """Another client's operation on `rel` (e.g. "/onlineEndpoints/phi3-chat" or its
+        "/deployments/blue"): it reads as Updating, and the next `requests` updates of it are
+        refused with 409 before the operation ends and it is Succeeded again."""
+        resource = self._get(rel)
+        assert resource is not None, rel
+        resource["properties"]["provisioningState"] = "Updating"
+
+        def done() -> None:
+            resource["properties"]["provisioningState"] = "Succeeded"
+
+        op = Operation(requests, done, running="Updating", resource=rel.lower())
+        self.operations[uuid.uuid4().hex] = op
 
     def _arm_id(self, rel: str) -> str:
         return WS_PATH + rel
@@ -331,7 +444,14 @@ class FakeAzureML:
             id=self._arm_id(rel),
             name=name,
             type=f"Microsoft.MachineLearningServices/workspaces/{kind}",
-            systemData={"createdAt": _now(), "createdBy": "fake", "lastModifiedAt": _now()},
+            systemData={
+                "createdAt": _now(),
+                "createdBy": "fake",
+                "createdByType": "User",
+                "lastModifiedAt": _now(),
+                "lastModifiedBy": "fake",
+                "lastModifiedByType": "User",
+            },
         )
         return resource
 
@@ -474,16 +594,16 @@ class FakeAzureML:
                 versions = [v for v in versions if not v["properties"].get("isArchived")]
             return self._ok({"value": versions})
         if len(parts) == 5 and parts[4] == "startPendingUpload" and method == "POST":
-            container = f"code-{uuid.uuid4().hex[:12]}"
+            upload = f"code-{uuid.uuid4().hex[:12]}"
             account = f"https://{STORAGE_ACCOUNT}.blob.core.windows.net"
             return self._ok(
                 {
                     "blobReferenceForConsumption": {
-                        "blobUri": f"{account}/{container}",
+                        "blobUri": f"{account}/{upload}",
                         "storageAccountArmId": "fake",
                         "credential": {
                             "credentialType": "SAS",
-                            "sasUri": f"{account}/{container}?sv=2025-01-05&sig=fake",
+                            "sasUri": f"{account}/{upload}?sv=2025-01-05&sig=fake",
                         },
                     },
                     "pendingUploadId": uuid.uuid4().hex,
@@ -525,6 +645,9 @@ class FakeAzureML:
                 old = {k: v for k, v in existing["properties"].items() if k not in mutable}
                 new = {k: v for k, v in props.items() if k not in mutable}
                 old.pop("provisioningState", None)
+                for filled in ("environmentType", "osType"):  # the service's, if not sent
+                    if filled not in new:
+                        old.pop(filled, None)
                 if old != new:
                     return _error(
                         409, "UserError", f"environment {name}:{version} exists and is immutable"
@@ -538,6 +661,13 @@ class FakeAzureML:
         resource = self._resource(rel, version, body, f"{kind}/versions")
         if kind == "environments":
             resource["properties"]["provisioningState"] = "Succeeded"
+            resource["properties"].setdefault("environmentType", "UserCreated")
+            resource["properties"].setdefault("osType", "Linux")
+        if kind == "models":
+            resource["properties"].setdefault("provisioningState", "Succeeded")
+            resource["properties"].setdefault("jobName", None)
+        for key, default in (("description", None), ("tags", {}), ("properties", {})):
+            resource["properties"].setdefault(key, default)
         if kind == "models" and resource["properties"].get("modelType") == "mlflow_model":
             # The service reads the flavors from the MLmodel file.
             resource["properties"].setdefault(
@@ -545,11 +675,20 @@ class FakeAzureML:
             )
         if kind == "models":
             resource["properties"].setdefault("flavors", {})
+        container: dict[str, Any] = {
+            "description": None,
+            "tags": {},
+            "properties": {},
+            "isArchived": False,
+        }
         self._store(
             rel.rsplit("/versions/", 1)[0],
-            self._resource(rel.rsplit("/versions/", 1)[0], name, {"properties": {}}, kind),
+            self._resource(rel.rsplit("/versions/", 1)[0], name, {"properties": container}, kind),
         ) if self._get(rel.rsplit("/versions/", 1)[0]) is None else None
-        return self._ok(self._store(rel, resource), 200 if existing else 201)
+        if existing:
+            return self._ok(self._store(rel, resource))
+        location = f"{ARM}{self._arm_id(rel)}?api-version=2023-08-01-preview"
+        return self._ok(self._store(rel, resource), 201, {"Location": location})
 
     # ------------------------------------------------------------------ compute
 
@@ -573,7 +712,28 @@ class FakeAzureML:
                 return _error(400, "BadRequest", "minNodeCount exceeds maxNodeCount")
             resource = self._resource(rel, parts[1], body, "computes")
             resource["location"] = body.get("location", REGION)
+            resource.setdefault("tags", {})
             resource["properties"]["provisioningState"] = "Creating"
+            # What the service fills (its recorded GET): times, state, node counts.
+            resource["properties"].update(
+                createdOn=_now(),
+                modifiedOn=_now(),
+                computeLocation=resource["location"],
+                resourceId=None,
+                provisioningErrors=None,
+                isAttachedCompute=False,
+            )
+            resource["properties"]["properties"].update(
+                currentNodeCount=0,
+                targetNodeCount=0,
+                nodeStateCounts={
+                    f"{state}NodeCount": 0
+                    for state in ("preparing", "running", "idle", "unusable", "leaving")
+                }
+                | {"preemptedNodeCount": 0},
+                allocationState="Steady",
+                errors=None,
+            )
             self._store(rel, resource)
 
             def done() -> None:
@@ -630,10 +790,14 @@ class FakeAzureML:
             if problem:
                 return _error(400, "UserError", problem)
             job = FakeJob(name, self._resource(rel, name, body, "jobs"))
+            resources = job.body["properties"].setdefault("resources", {}) or {}
+            resources.setdefault("shmSize", "2g")  # the service's default, as recorded
+            job.body["properties"]["resources"] = resources
             job.outcome = self.job_outcomes.get(name, self.default_job_outcome)
             job.recovers_after = self.not_responding_recovers_after.get(name)
             self.jobs[name] = job
-            return self._ok(self._job_resource(job), 201)
+            location = f"{ARM}{self._arm_id(rel)}?api-version=2025-01-01-preview"
+            return self._ok(self._job_resource(job), 201, {"Location": location})
         if len(parts) == 3 and parts[2] == "cancel" and method == "POST":
             if job is None:
                 return _error(404, "UserError", f"job {name} not found")
@@ -689,6 +853,8 @@ class FakeAzureML:
             index = JOB_PROGRESSION.index(job.status)
             if index + 1 < len(JOB_PROGRESSION):
                 job.status = JOB_PROGRESSION[index + 1]
+                if job.status == "Preparing" and self._image_build_fails(job):
+                    return
                 if job.status == "Running" and self.job_runner is None:
                     self._log(job, f"fine-tuning {job.name}")
                     self._log(job, "step 1/2 loss 2.5")
@@ -707,6 +873,26 @@ class FakeAzureML:
         elif job.outcome == "Failed":
             self._log(job, "Traceback (most recent call last):")
             self._log(job, "RuntimeError: CUDA out of memory (fake)")
+
+    def _image_build_fails(self, job: FakeJob) -> bool:
+        """Preparing builds the environment's image; when that build fails the job ends
+        Failed there: no process ran (no user log), the build log is in the job's artifact
+        folder under IMAGE_BUILD_LOG (the run's error, which names that file, is in the
+        service's run history: the job resource has no error field)."""
+        env = job.body["properties"].get("environmentId") or ""
+        match = re.search(r"/environments/([^/]+)/versions/([^/]+)$", env)
+        if match is None:
+            return False
+        name, version = match.groups()
+        build_log = self.image_build_failures.get(f"{name}:{version}")
+        if build_log is None:
+            build_log = self.image_build_failures.get(name)
+        if build_log is None:
+            return False
+        blob = f"ExperimentRun/dcid.{job.name}/{IMAGE_BUILD_LOG}"
+        self.blobs[(ARTIFACT_CONTAINER, blob)] = (build_log.encode(), {})
+        job.status = job.outcome = "Failed"
+        return True
 
     def _log(self, job: FakeJob, line: str) -> None:
         """The job's user log; a job of several processes writes one per process (rank 0's
@@ -814,6 +1000,30 @@ class FakeAzureML:
     def _endpoint_rel(self, name: str) -> str:
         return f"/onlineEndpoints/{name}"
 
+    def resolves(self, host: str) -> bool:
+        """DNS of the fake region's scoring hosts, `<endpoint>.<region>.inference.ml.azure.com`
+        (preflight's `resolve`): a host resolves when an endpoint of that name exists in the
+        region, in this workspace or another customer's (`taken_endpoint_names`)."""
+        suffix = f".{REGION}.inference.ml.azure.com"
+        if not host.lower().endswith(suffix):
+            return False
+        name = host.lower()[: -len(suffix)]
+        if name in {n.lower() for n in self.taken_endpoint_names}:
+            return True
+        return any(e["name"].lower() == name for e in self._children("/onlineEndpoints"))
+
+    def _endpoint_name_taken(self, name: str) -> Any:
+        """The service's answer to creating an endpoint whose name another customer holds in
+        the region (the message Azure/azureml-examples pull request 1931 quotes), or None."""
+        if name.lower() not in {n.lower() for n in self.taken_endpoint_names}:
+            return None
+        return _error(
+            400,
+            "BadRequest",
+            "There is already an endpoint with this name, Endpoint name needs to be unique "
+            "within a region. Try some other name.",
+        )
+
     def _deployments_of(self, endpoint: str) -> dict[str, dict[str, Any]]:
         return {d["name"]: d for d in self._children(f"/onlineEndpoints/{endpoint}/deployments")}
 
@@ -846,8 +1056,15 @@ class FakeAzureML:
             if existing is None:
                 if traffic:
                     return _error(400, "BadRequest", "a new endpoint has no deployments")
+                taken = self._endpoint_name_taken(name)
+                if taken is not None:
+                    return taken
                 resource = self._resource(rel, name, body, "onlineEndpoints")
                 resource["location"] = body.get("location", REGION)
+                resource.setdefault("kind", "Managed")
+                for key, default in (("description", None), ("compute", None)):
+                    resource["properties"].setdefault(key, default)
+                resource["properties"].setdefault("publicNetworkAccess", "Enabled")
                 resource["properties"].update(
                     scoringUri=f"https://{name}.{REGION}.inference.ml.azure.com/score",
                     swaggerUri=f"https://{name}.{REGION}.inference.ml.azure.com/swagger.json",
@@ -860,7 +1077,21 @@ class FakeAzureML:
                 def created() -> None:
                     resource["properties"]["provisioningState"] = "Succeeded"
 
-                return self._lro(201, resource, created)
+                return self._lro(
+                    201,
+                    resource,
+                    created,
+                    running="Updating",
+                    resource=self._endpoint_rel(name).lower(),
+                    resource_url=f"{ARM}{self._arm_id(rel)}?api-version=2022-02-01-preview",
+                )
+            busy = self._busy(self._endpoint_rel(name))
+            if busy:
+                return _error(
+                    409,
+                    "Conflict",
+                    f"Cannot update endpoint {name} because it is in {busy} provisioning state.",
+                )
             if props.get("authMode") and props["authMode"] != existing["properties"]["authMode"]:
                 return _error(400, "BadRequest", "authMode cannot change")
             new_traffic = traffic if traffic is not None else existing["properties"]["traffic"]
@@ -882,7 +1113,15 @@ class FakeAzureML:
                 if body.get("tags") is not None:
                     existing["tags"] = body["tags"]
 
-            return self._lro(200, existing, updated)
+            # The recorded traffic update (a PUT of the whole endpoint) answered 201, not 200.
+            return self._lro(
+                201 if method == "PUT" else 200,
+                existing,
+                updated,
+                running="Updating",
+                resource=self._endpoint_rel(name).lower(),
+                resource_url=f"{ARM}{self._arm_id(rel)}?api-version=2022-02-01-preview",
+            )
         return _error(405, "NotAllowed", f"{method} {rel}")
 
     def _deployment(
@@ -910,6 +1149,21 @@ class FakeAzureML:
                 return _error(404, "UserError", f"deployment {name} not found")
             return self._ok(self._public(existing))
         if method == "PUT":
+            busy = self._busy(self._endpoint_rel(endpoint_name))
+            if busy:  # the message azure-sdk-for-net#36961 quotes from the service
+                return _error(
+                    409,
+                    "Conflict",
+                    f"Cannot create a deployment in endpoint {endpoint_name} because it is in "
+                    f"{busy} provisioning state.",
+                )
+            busy = self._busy(drel) if existing is not None else None
+            if busy:
+                return _error(
+                    409,
+                    "Conflict",
+                    f"Cannot update deployment {name} because it is in {busy} provisioning state.",
+                )
             props = body.get("properties", {})
             for key in ("model", "environmentId"):
                 ref = props.get(key) or ""
@@ -927,6 +1181,7 @@ class FakeAzureML:
                 "Creating" if existing is None else "Updating"
             )
             resource["properties"].setdefault("scaleSettings", {"scaleType": "Default"})
+            self._deployment_defaults(resource)
             resource["_logs"] = [f"{name}: pulling image", f"{name}: init() loading model"]
             self._store(drel, resource)
             failure = self.deployment_failures.get(name)
@@ -937,7 +1192,13 @@ class FakeAzureML:
                 resource["_logs"].append(failure or f"{name}: readiness probe passed")
 
             return self._lro(
-                201 if existing is None else 200, self._public(resource), done, failure
+                201 if existing is None else 200,
+                self._public(resource),
+                done,
+                failure,
+                running="Updating",
+                resource=drel.lower(),
+                resource_url=f"{ARM}{self._arm_id(drel)}?api-version=2022-02-01-preview",
             )
         if method == "DELETE":
             if existing is None:
@@ -956,8 +1217,47 @@ class FakeAzureML:
                 endpoint["properties"]["traffic"].pop(name, None)
                 endpoint["properties"]["mirrorTraffic"].pop(name, None)
 
-            return self._lro(202, None, deleted, location=True)
+            return self._lro(
+                202, None, deleted, location=True, running="Updating", resource=drel.lower()
+            )
         return _error(405, "NotAllowed", f"{method} {rel}")
+
+    @staticmethod
+    def _deployment_defaults(resource: dict[str, Any]) -> None:
+        """What the service fills in a deployment it was not told (its recorded GET)."""
+        probe = {
+            "failureThreshold": 30,
+            "successThreshold": 1,
+            "timeout": "PT2S",
+            "period": "PT10S",
+            "initialDelay": "PT10S",
+        }
+        defaults = {
+            "description": None,
+            "properties": {},
+            "environmentVariables": {},
+            "requestSettings": {
+                "maxQueueWait": "PT0S",
+                "requestTimeout": "PT5S",
+                "maxConcurrentRequestsPerInstance": 1,
+            },
+            "modelMountPath": None,
+            "appInsightsEnabled": False,
+            "livenessProbe": probe,
+            "readinessProbe": dict(probe),
+            "egressPublicNetworkAccess": "Enabled",
+            "endpointComputeType": "Managed",
+        }
+        for key, value in defaults.items():
+            resource["properties"].setdefault(key, value)
+        for key in ("livenessProbe", "readinessProbe"):  # a probe sent in part is completed
+            if isinstance(resource["properties"][key], dict):
+                for field_name, setting in probe.items():
+                    resource["properties"][key].setdefault(field_name, setting)
+        resource.setdefault("kind", "Managed")
+        resource.setdefault("tags", {})
+        if isinstance(resource.get("sku"), dict):
+            resource["sku"].setdefault("tier", "Standard")
 
     @staticmethod
     def _public(resource: dict[str, Any]) -> dict[str, Any]:
