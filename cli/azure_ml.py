@@ -1,7 +1,11 @@
 """`finetune-phi azure ...`: checks and a dry run for the Azure ML backend.
 
     finetune-phi azure preflight --profile azure   credential, workspace, SKUs, quota, endpoint
-    finetune-phi azure dry-run --profile azure     every entity as az-ml YAML + the call plan
+    finetune-phi azure dry-run --profile azure     target, quota, every entity as az-ml YAML,
+                                                   the call plan
+    finetune-phi azure dry-run --profile azure --output-dir plan/
+                                                   the same, one file per entity beside the code
+                                                   it uploads: `az ml ... create -f plan/<file>`
 
 Neither creates anything in Azure; the dry run does not even need a credential.
 """
@@ -36,7 +40,9 @@ def run_azure_command(args: argparse.Namespace, profile: Profile) -> int:
         for check in checks:
             print(check.line())
         ok = preflight_ok(checks)
-        print("preflight passed" if ok else "preflight failed", file=sys.stderr)
+        warnings = sum(check.warning for check in checks)
+        said = f" ({warnings} warning{'s' * (warnings != 1)})" if warnings else ""
+        print(("preflight passed" if ok else "preflight failed") + said, file=sys.stderr)
         return 0 if ok else 1
     from backends.azure.dry_run import PLACEHOLDER_SHA256, build_dry_run
     from finetune_phi.run_plan import DatasetFacts, Observed, plan_run, resolve_base_model
@@ -47,7 +53,16 @@ def run_azure_command(args: argparse.Namespace, profile: Profile) -> int:
         args.eval_file or "state/datasets/<sha256>/test.jsonl",
     )
     plan = plan_run(profile, resolve_base_model(profile), dataset, Observed(registry_read=False))
-    text = build_dry_run(plan).render()
+    run = build_dry_run(plan)
+    if args.output_dir:
+        written = run.write(Path(args.output_dir))
+        print(
+            f"dry run written to {args.output_dir}: plan.yaml and {len(written)} files for "
+            "`az ml <group> create -f <file>` (the commands are in plan.yaml)",
+            file=sys.stderr,
+        )
+        return 0
+    text = run.render()
     if args.output:
         Path(args.output).write_text(text)
         print(f"dry run written to {args.output}", file=sys.stderr)
@@ -68,6 +83,7 @@ def add_azure_parser(
             description="Check an Azure ML setup, or print what a run would submit. Examples:\n"
             "  finetune-phi azure preflight --profile azure\n"
             "  finetune-phi azure dry-run --profile azure > plan.yaml\n"
+            "  finetune-phi azure dry-run --profile azure --output-dir plan/\n"
             "  finetune-phi azure dry-run --profile azure --train-file data/train.jsonl "
             "--eval-file data/test.jsonl",
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -80,4 +96,10 @@ def add_azure_parser(
         "--dataset-sha256", default=None, help="dry-run: dataset hash the job name derives from"
     )
     azure.add_argument("--output", default=None, help="dry-run: write to this file")
+    azure.add_argument(
+        "--output-dir",
+        default=None,
+        help="dry-run: write each entity's YAML to this folder, with the code it uploads "
+        "(ready for `az ml <group> create -f`)",
+    )
     azure.set_defaults(func=handler)
