@@ -308,3 +308,24 @@ def test_invalid_choice_is_rejected() -> None:
                 "qlora",
             ]
         )
+
+
+def test_a_bf16_checkpoint_is_upcast_for_cpu_training_tensor_by_tensor(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """fp32 training on a CPU from a bf16 checkpoint (how the Hub stores Phi-3.5-mini): the
+    same float32 values as loading straight into float32, without the whole checkpoint
+    mapped beside the float32 copy (the 3.8B rehearsal's load peaked at 23 GB that way)."""
+    from transformers import AutoModelForCausalLM
+
+    from trainer.fine_tune import load_upcast
+
+    stored = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    stored.save_pretrained(tmp_path / "bf16")
+    direct = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", dtype=torch.float32)
+    upcast = load_upcast(str(tmp_path / "bf16"), "sdpa")
+    assert {p.dtype for p in upcast.parameters()} == {torch.float32}
+    expected = direct.state_dict()
+    for name, value in upcast.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    assert str(upcast.config.dtype).endswith("float32")
