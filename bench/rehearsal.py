@@ -164,6 +164,11 @@ def child_environment(state_dir: Path) -> dict[str, str]:
     env = {
         **os.environ,
         "PREFECT_HOME": str(state_dir / "prefect"),
+        # A fresh Prefect home migrates its database on the temporary server's first start:
+        # past Prefect's default 20 s on two busy cores (seen here), as the CLI allows too.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": os.environ.get(
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"
+        ),
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "HF_DATASETS_CACHE": str(state_dir / "hf-datasets"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -208,7 +209,14 @@ def error_paragraph(exc: BaseException, prefix: str = "") -> str:
     return "\n".join([f"finetune-phi: {prefix}{first}", *(f"  {line.strip()}" for line in rest)])
 
 
+# Prefect's temporary server migrates a fresh database on its first start, which took past
+# Prefect's default 20 s on two busy cores (a newcomer's first `finetune-phi demo`). Set the
+# variable to override.
+PREFECT_STARTUP_TIMEOUT = ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault(*PREFECT_STARTUP_TIMEOUT)
     args = make_parser().parse_args(argv)
     running = args.command == "demo" or (args.command == "run" and not args.dry_run)
     prefix = "run failed: " if running else ""

@@ -43,6 +43,8 @@ EVALUATION_FILE = "evaluation.json"
 # tokens (the logits alone are tokens x 32,064 x 4 bytes: 1 GB for 8,192 tokens).
 MAX_BATCH_CONVERSATIONS = 16
 TOKENS_PER_BATCH = 8192
+CPU_TOKENS_PER_BATCH = 2048
+LOSS_CHUNK_POSITIONS = 1024  # logits computed for this many positions of a batch at a time
 ANSWER_TOKENS = 48
 
 
@@ -58,17 +60,16 @@ def read_conversations(test_file: str | Path, limit: int) -> list[list[dict[str,
     return rows
 
 
-def token_batches(lengths: Sequence[int]) -> list[list[int]]:
+def token_batches(lengths: Sequence[int], budget: int = TOKENS_PER_BATCH) -> list[list[int]]:
     """Indices grouped in order into batches of at most MAX_BATCH_CONVERSATIONS rows whose
-    padded size (rows x longest) stays within TOKENS_PER_BATCH; a longer row goes alone."""
+    padded size (rows x longest) stays within `budget` tokens; a longer row goes alone."""
     batches: list[list[int]] = []
     current: list[int] = []
     longest = 0
     for index, length in enumerate(lengths):
         widest = max(longest, length)
         if current and (
-            len(current) >= MAX_BATCH_CONVERSATIONS
-            or widest * (len(current) + 1) > TOKENS_PER_BATCH
+            len(current) >= MAX_BATCH_CONVERSATIONS or widest * (len(current) + 1) > budget
         ):
             batches.append(current)
             current, widest = [], length
@@ -91,7 +92,10 @@ def held_out_loss(scorer: Any, conversations: Sequence[list[dict[str, str]]]) ->
     ]
     device = model.device
     total_loss, total_tokens = 0.0, 0
-    for batch in token_batches([len(ids) for ids in encoded]):
+    # On a CPU, padding is compute thrown away and attention's memory grows with the padded
+    # width: conversations of ultrachat's length go one at a time there.
+    budget = TOKENS_PER_BATCH if device.type == "cuda" else CPU_TOKENS_PER_BATCH
+    for batch in token_batches([len(ids) for ids in encoded], budget):
         rows = [encoded[i] for i in batch]
         width = max(len(ids) for ids in rows)
         # Right padding, masked out: with left padding, positions would shift by the pad count.
@@ -100,15 +104,25 @@ def held_out_loss(scorer: Any, conversations: Sequence[list[dict[str, str]]]) ->
         mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in rows])
         labels = input_ids.masked_fill(mask == 0, -100)
         with torch.inference_mode():
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+            # The decoder's hidden states, then the vocabulary projection and the loss a slice
+            # of positions at a time: the whole batch's logits (tokens x 32,064 floats, and
+            # the copies the loss makes) were 2-3 GB at ultrachat lengths in the rehearsal.
+            hidden = model.get_decoder()(
+                input_ids=input_ids.to(device), attention_mask=mask.to(device)
+            ).last_hidden_state[:, :-1]
             targets = labels[:, 1:].to(device)
-            losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                targets.reshape(-1),
-                ignore_index=-100,
-                reduction="sum",
-            )
-        total_loss += float(losses)
+            head = model.get_output_embeddings()
+            for start in range(0, hidden.shape[1], LOSS_CHUNK_POSITIONS):
+                end = start + LOSS_CHUNK_POSITIONS
+                logits = head(hidden[:, start:end]).float()
+                total_loss += float(
+                    torch.nn.functional.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]),
+                        targets[:, start:end].reshape(-1),
+                        ignore_index=-100,
+                        reduction="sum",
+                    )
+                )
         total_tokens += int((targets != -100).sum())
     return total_loss, total_tokens
 
